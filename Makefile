@@ -1,0 +1,36 @@
+# The two commands of the README: `make demo` (set up and run the main job), `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+STAMP := $(VENV)/.loopline-installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test serve clean bench-rag
+
+setup: $(STAMP)
+
+# torch first, from the pinned releases on local disk (a bare `torch` would pull GBs of CUDA).
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -q -e ".[rag,edge,dev]"
+	touch $(STAMP)
+
+demo: setup
+	$(PY) -m rag.demo
+
+test: setup
+	$(PY) -m pytest -q
+
+serve: setup
+	$(VENV)/bin/loopline serve
+
+bench-rag: setup
+	$(PY) -m evaluation.bench_rag ../shared/corpora/sourcegraph-handbook/content --qa ../shared/eval/handbook-qa-dev.jsonl --max-docs 150
+
+clean:
+	rm -rf .loopline .pytest_cache build *.egg-info

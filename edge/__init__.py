@@ -1,0 +1,1 @@
+"""loopline edge package."""

@@ -1,0 +1,28 @@
+"""The ingestion core shared by both verticals.
+
+Sources list items, change detection compares content hashes with the metadata store,
+a vertical-specific `Indexer` turns items into index entries, rejected items become dead
+letters, and every run is recorded. It knows nothing about chunks, embeddings or images.
+"""
+
+from shared.ingestion.changes import ChangePlan, plan_changes
+from shared.ingestion.pipeline import Indexer, IngestPipeline, Prepared, Rejected, RunSummary
+from shared.ingestion.schema import SchemaError, validate_record
+from shared.ingestion.sources import SourceItem, document_id, file_source, folder_source, scan_source
+
+__all__ = [
+    "ChangePlan",
+    "plan_changes",
+    "Indexer",
+    "IngestPipeline",
+    "Prepared",
+    "Rejected",
+    "RunSummary",
+    "SchemaError",
+    "validate_record",
+    "SourceItem",
+    "document_id",
+    "file_source",
+    "folder_source",
+    "scan_source",
+]

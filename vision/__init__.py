@@ -1,0 +1,1 @@
+"""loopline vision package."""
