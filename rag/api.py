@@ -1,0 +1,215 @@
+"""The document Q&A router: query (plain and streamed), documents, sync, feedback.
+
+Every handler resolves the caller from their API key first; retrieval is filtered by the
+caller's groups inside the vector store, and documents outside them answer 404 exactly as
+missing ones do. Uploads are size- and type-checked and stored under sanitized names.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi.responses import StreamingResponse
+
+from rag.loaders import SUPPORTED_SUFFIXES
+from rag.models import Answer, DocumentOut, FeedbackIn, IngestPathIn, QueryRequest, RunOut
+from rag.service import AccessDenied, RagService
+from rag.vectorstore import EmbeddingMismatch
+from shared.auth import Principal
+from shared.ingestion import RunSummary
+from shared.metadata.store import DocumentInfo
+from shared.server import ApiPlugin, AppContext
+
+log = logging.getLogger(__name__)
+
+
+def _doc_out(d: DocumentInfo) -> DocumentOut:
+    return DocumentOut(
+        id=d.id,
+        source=d.source,
+        path=d.path,
+        title=d.title,
+        groups=list(d.groups),
+        chunks=d.chunk_count,
+        size_bytes=d.size_bytes,
+        content_hash=d.content_hash,
+        updated_at=d.updated_at,
+    )
+
+
+def _run_out(r: RunSummary) -> RunOut:
+    return RunOut(
+        run_id=r.run_id,
+        source=r.source,
+        status=r.status,
+        seconds=round(r.seconds, 3),
+        dead_letters=r.dead_letters,
+        error=r.error,
+        **r.counts(),
+    )
+
+
+def _groups(raw: str | None) -> list[str]:
+    groups = sorted({g.strip() for g in (raw or "").split(",") if g.strip()})
+    return groups or ["public"]
+
+
+def build_router(service: RagService, ctx: AppContext) -> APIRouter:
+    router = APIRouter(prefix="/v1", tags=["documents Q&A"])
+    sync_lock = threading.Lock()
+
+    def caller(request: Request) -> Principal:
+        return ctx.authenticate(request)
+
+    def admin(who: Principal = Depends(caller)) -> Principal:
+        if not who.admin:
+            raise HTTPException(403, detail=f"user '{who.name}' is not an admin; admins manage documents")
+        return who
+
+    def effective(req: QueryRequest, who: Principal) -> Principal:
+        if not req.as_user:
+            return who
+        if not who.admin:
+            raise HTTPException(403, detail="only admins may ask as another user")
+        other = ctx.keys.user(req.as_user)
+        if other is None:
+            raise HTTPException(404, detail=f"unknown user '{req.as_user}'")
+        return other
+
+    @router.post("/query", response_model=Answer, summary="Answer a question with citations.")
+    def query(req: QueryRequest, who: Principal = Depends(caller)) -> Answer:
+        try:
+            return service.ask(req.question, effective(req, who), top_k=req.top_k)
+        except EmbeddingMismatch as exc:
+            raise HTTPException(409, detail=str(exc)) from exc
+
+    @router.post(
+        "/query/stream",
+        summary="Answer as server-sent events: citations, token…, done.",
+        response_class=StreamingResponse,
+    )
+    def query_stream(req: QueryRequest, who: Principal = Depends(caller)) -> StreamingResponse:
+        as_who = effective(req, who)
+
+        def events() -> Iterator[str]:
+            try:
+                for ev in service.ask_stream(req.question, as_who, top_k=req.top_k):
+                    yield f"event: {ev['type']}\ndata: {json.dumps(ev, default=str)}\n\n"
+            except Exception as exc:  # the stream has started: report in-band
+                log.exception("streamed answer failed")
+                yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': str(exc)})}\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    @router.get("/documents", response_model=list[DocumentOut], summary="Documents you may read.")
+    def list_documents(who: Principal = Depends(caller)) -> list[DocumentOut]:
+        return [_doc_out(d) for d in service.list_documents(who)]
+
+    @router.get("/documents/{doc_id}", response_model=DocumentOut)
+    def get_document(doc_id: str, who: Principal = Depends(caller)) -> DocumentOut:
+        doc = service.get_document(doc_id, who)
+        if doc is None:
+            raise HTTPException(404, detail=f"no document {doc_id}")
+        return _doc_out(doc)
+
+    @router.delete("/documents/{doc_id}", status_code=204, summary="Remove a document from the index (admins).")
+    def delete_document(doc_id: str, who: Principal = Depends(caller)) -> None:
+        try:
+            found = service.delete_document(doc_id, who)
+        except AccessDenied as exc:
+            raise HTTPException(403, detail=str(exc)) from exc
+        if not found:
+            raise HTTPException(404, detail=f"no document {doc_id}")
+
+    @router.post("/documents", status_code=201, summary="Upload a document (admins), readable by `groups`.")
+    def upload(
+        file: UploadFile = File(...),
+        groups: str = Form("public", description="Comma-separated groups that may read it."),
+        who: Principal = Depends(admin),
+    ) -> dict:
+        name = file.filename or "upload"
+        suffix = Path(name).suffix.lower()
+        if suffix not in SUPPORTED_SUFFIXES:
+            raise HTTPException(
+                415, detail=f"unsupported file type '{suffix or name}'; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+            )
+        limit = service.settings.upload_max_bytes
+        data = file.file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
+        doc, run = service.ingest_upload(name, data, _groups(groups))
+        if run.failed or doc is None:
+            reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
+            raise HTTPException(422, detail=f"{name}: {reason}")
+        log.info("user %s uploaded %s as %s", who.name, name, doc.path)
+        return {"document": _doc_out(doc).model_dump(mode="json"), "run": _run_out(run).model_dump()}
+
+    @router.post("/sync", status_code=202, summary="Re-sync the configured folder source (admins).")
+    def sync(wait: bool = False, who: Principal = Depends(admin)) -> dict:
+        folder = service.settings.sync_folder
+        if folder is None:
+            raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
+        if not sync_lock.acquire(blocking=False):
+            raise HTTPException(409, detail="a sync is already running")
+        groups = _groups(service.settings.sync_groups)
+
+        def run() -> RunSummary:
+            try:
+                return service.ingest(folder, groups, kind="sync")
+            finally:
+                sync_lock.release()
+
+        if wait:
+            return {"status": "finished", "run": _run_out(run()).model_dump()}
+        threading.Thread(target=run, name="loopline-sync", daemon=True).start()
+        log.info("user %s started a sync of %s", who.name, folder)
+        return {"status": "started", "folder": str(folder)}
+
+    @router.post("/admin/ingest", response_model=RunOut, summary="Ingest a path on the server (admins; CLI hand-off).")
+    def ingest_path(req: IngestPathIn, who: Principal = Depends(admin)) -> RunOut:
+        path = Path(req.path)
+        if not path.exists():
+            raise HTTPException(404, detail=f"{path}: no such file or folder on the server")
+        return _run_out(service.ingest(path, req.groups))
+
+    @router.get("/runs", summary="Recent ingest and sync runs (admins).")
+    def runs(limit: int = 20, who: Principal = Depends(admin)) -> list[dict]:
+        return [
+            {
+                "run_id": r.id,
+                "source": r.source,
+                "kind": r.kind,
+                "status": r.status,
+                "started_at": r.started_at,
+                "finished_at": r.finished_at,
+                "added": r.added,
+                "updated": r.updated,
+                "unchanged": r.unchanged,
+                "deleted": r.deleted,
+                "failed": r.failed,
+                "error": r.error,
+            }
+            for r in service.metadata.recent_runs(limit)
+        ]
+
+    @router.post("/feedback", status_code=201, summary="Rate an answer.")
+    def feedback(fb: FeedbackIn, who: Principal = Depends(caller)) -> dict:
+        fid = service.add_feedback(who, question=fb.question, answer=fb.answer, rating=fb.rating, comment=fb.comment)
+        return {"id": fid}
+
+    return router
+
+
+def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
+    """Entry point of the `loopline.api` group."""
+    svc = service or RagService(ctx.settings)
+
+    def ready() -> dict:
+        return {"documents": svc.metadata.count_documents(), "chunks": svc.store.count()}
+
+    return ApiPlugin(name="rag", router=build_router(svc, ctx), ready=ready, close=svc.close)

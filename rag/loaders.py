@@ -1,0 +1,128 @@
+"""Document loaders: a file on disk → title and text sections, or a clear rejection.
+
+PDF, DOCX and HTML go through llama-index's file readers; Markdown and plain text are
+decoded strictly (UTF-8) so binary junk is refused rather than indexed as noise. Every
+failure raises `Rejected` with a reason a user can act on; it becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shared.ingestion import Rejected
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx"}
+_MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
+_FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
+
+
+@dataclass
+class LoadedDocument:
+    title: str
+    text: str
+    markdown: bool = False
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def load_document(path: Path) -> LoadedDocument:
+    """Load one file; raises Rejected for unsupported, corrupt, binary or empty content."""
+    suffix = path.suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise Rejected(
+            f"unsupported file type '{suffix or path.name}' (supported: {', '.join(sorted(SUPPORTED_SUFFIXES))})"
+        )
+    if suffix in {".md", ".markdown", ".txt"}:
+        doc = _load_text(path, markdown=suffix != ".txt")
+    elif suffix in {".html", ".htm"}:
+        doc = _load_html(path)
+    elif suffix == ".pdf":
+        doc = _load_pdf(path)
+    else:
+        doc = _load_docx(path)
+    if not doc.text.strip():
+        raise Rejected("no text could be extracted (empty document)")
+    return doc
+
+
+def _decode(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise Rejected(f"binary content (NUL bytes) in a {path.suffix} file; not text")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise Rejected(f"not valid UTF-8 text (byte {exc.start}: {exc.reason}); re-save it as UTF-8") from None
+
+
+def _load_text(path: Path, *, markdown: bool) -> LoadedDocument:
+    text = _decode(path)
+    if markdown:
+        text = _FRONT_MATTER.sub("", text, count=1)
+        m = _MD_HEADING.search(text)
+        title = m.group(2).strip() if m and len(m.group(1)) == 1 else _title_from_name(path)
+    else:
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        title = first[:120] if 0 < len(first) <= 120 else _title_from_name(path)
+    return LoadedDocument(title=title, text=text, markdown=markdown)
+
+
+def _load_html(path: Path) -> LoadedDocument:
+    from bs4 import BeautifulSoup
+    from llama_index.readers.file import HTMLTagReader
+
+    raw = _decode(path)
+    soup = BeautifulSoup(raw, "html.parser")
+    title = soup.title.get_text(strip=True) if soup.title else ""
+    docs = HTMLTagReader(tag="body").load_data(path)
+    text = "\n\n".join(d.text for d in docs) if docs else soup.get_text("\n", strip=True)
+    return LoadedDocument(title=title or _title_from_name(path), text=text)
+
+
+def _load_pdf(path: Path) -> LoadedDocument:
+    from llama_index.readers.file import PDFReader
+
+    head = path.read_bytes()[:1024]
+    if b"%PDF-" not in head:
+        raise Rejected(f"not a PDF (starts with {head[:8]!r})")
+    try:
+        pages = PDFReader(return_full_document=True).load_data(path)
+    except Exception as exc:  # pypdf raises many types for broken files
+        raise Rejected(f"corrupt PDF: {type(exc).__name__}: {exc}") from None
+    text = "\n\n".join(p.text for p in pages)
+    title = _title_from_name(path)
+    try:
+        from pypdf import PdfReader
+
+        meta_title = (PdfReader(str(path)).metadata or {}).get("/Title")
+        if meta_title and str(meta_title).strip():
+            title = str(meta_title).strip()
+    except Exception:  # metadata is optional; the text already loaded
+        log.debug("no PDF metadata title for %s", path)
+    return LoadedDocument(title=title, text=text)
+
+
+def _load_docx(path: Path) -> LoadedDocument:
+    import zipfile
+
+    from llama_index.readers.file import DocxReader
+
+    if not zipfile.is_zipfile(path):
+        raise Rejected("corrupt DOCX (not a zip container)")
+    try:
+        docs = DocxReader().load_data(path)
+    except Exception as exc:
+        raise Rejected(f"corrupt DOCX: {type(exc).__name__}: {exc}") from None
+    text = "\n\n".join(d.text for d in docs)
+    first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+    title = first if 0 < len(first) <= 120 else _title_from_name(path)
+    return LoadedDocument(title=title, text=text)
+
+
+def _title_from_name(path: Path) -> str:
+    stem = path.stem if path.stem.lower() != "index" else path.parent.name or path.stem
+    return re.sub(r"[-_]+", " ", stem).strip().capitalize()

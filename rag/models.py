@@ -1,0 +1,81 @@
+"""Payloads of the Q&A API and CLI (a contract: outside checks read these field names)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Citation(BaseModel):
+    n: int = Field(description="The number the answer cites, as [n].")
+    source: str = Field(description="Document path relative to the ingested folder.")
+    title: str
+    section: str = ""
+    score: float = Field(description="Cosine similarity of the chunk to the question.")
+    text: str = Field(description="The cited chunk.")
+    snippet: str = Field(description="The first few hundred characters of the chunk.")
+    doc_id: str
+
+
+class Timings(BaseModel):
+    embed_ms: float = 0.0
+    search_ms: float = 0.0
+    answer_ms: float = 0.0
+    total_ms: float = 0.0
+
+
+class Answer(BaseModel):
+    id: str | None = None
+    question: str
+    answer: str
+    mode: Literal["llm", "extractive"]
+    abstained: bool
+    citations: list[Citation]
+    timings: Timings = Field(default_factory=Timings)
+
+
+class QueryRequest(BaseModel):
+    question: str = Field(min_length=1, max_length=4000)
+    top_k: int | None = Field(None, ge=1, le=50)
+    as_user: str | None = Field(None, description="Admins only: answer as this user would see it.")
+
+
+class DocumentOut(BaseModel):
+    id: str
+    source: str
+    path: str
+    title: str
+    groups: list[str]
+    chunks: int
+    size_bytes: int
+    content_hash: str
+    updated_at: datetime
+
+
+class RunOut(BaseModel):
+    run_id: int
+    source: str
+    status: str
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    failed: int
+    chunks: int
+    seconds: float = 0.0
+    dead_letters: list[dict[str, str]] = Field(default_factory=list)
+    error: str | None = None
+
+
+class FeedbackIn(BaseModel):
+    question: str = Field(min_length=1)
+    answer: str = ""
+    rating: int = Field(ge=-1, le=5, description="-1/1 thumbs, or 1-5 stars.")
+    comment: str = Field("", max_length=4000)
+
+
+class IngestPathIn(BaseModel):
+    path: str
+    groups: list[str] = Field(default_factory=lambda: ["public"])

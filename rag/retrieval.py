@@ -1,0 +1,66 @@
+"""Retrieval: embed the question, search inside the caller's groups, score relevance.
+
+Dense and BM25 results are fused with RRF inside Qdrant (when hybrid is on); the fused
+rank decides the order, and each hit also gets its cosine similarity to the question,
+which is what abstention and the reported score use (RRF scores are not comparable
+across queries).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from rag.embeddings import Embedder
+from rag.sparse import Bm25Encoder
+from rag.vectorstore import CollectionInfo, EmbeddingMismatch, SearchHit, VectorStore
+
+
+@dataclass
+class Retrieved:
+    hit: SearchHit
+    relevance: float
+
+
+@dataclass
+class Retrieval:
+    chunks: list[Retrieved]
+    embed_ms: float
+    search_ms: float
+
+
+class Retriever:
+    def __init__(self, store: VectorStore, embedder: Embedder, sparse: Bm25Encoder | None) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.sparse = sparse
+
+    def check_model(self) -> None:
+        info = self.store.collection_info()
+        mine = CollectionInfo(self.embedder.name, self.embedder.dim)
+        if info is not None and info != mine:
+            raise EmbeddingMismatch(
+                f"the index was built with '{info.embedding_model}' (dim {info.dim}) but queries "
+                f"would be embedded with '{mine.embedding_model}' (dim {mine.dim}); refusing to answer"
+            )
+
+    def retrieve(self, question: str, *, groups: Sequence[str] | None, top_k: int) -> Retrieval:
+        self.check_model()
+        t0 = time.perf_counter()
+        qvec = self.embedder.embed_query(question)
+        t1 = time.perf_counter()
+        hits = self.store.search(
+            qvec,
+            sparse=self.sparse.query(question) if self.sparse else None,
+            groups=groups,
+            limit=top_k,
+            with_vectors=True,
+        )
+        t2 = time.perf_counter()
+        chunks = [Retrieved(hit=h, relevance=_dot(qvec, h.vector) if h.vector else h.score) for h in hits]
+        return Retrieval(chunks=chunks, embed_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
+
+
+def _dot(a: Sequence[float], b: Sequence[float]) -> float:
+    return float(sum(x * y for x, y in zip(a, b, strict=True)))

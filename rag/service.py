@@ -1,0 +1,236 @@
+"""The RAG service: one object that owns the stores and answers, used by the API and CLI.
+
+It composes the ports (metadata store, vector store, embedder, generator) from settings,
+or takes them ready-made (tests pass real local instances). Ingests are serialised; queries
+run concurrently with them, each role with its own embedder instance (HF tokenizers must not
+be shared between threads).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+from rag.answer import ABSTAIN_TEXT, ExtractiveGenerator, Generator, LLMGenerator, make_citations
+from rag.chunking import Chunker
+from rag.embeddings import Embedder, make_embedder
+from rag.indexer import RagIndexer
+from rag.models import Answer, Timings
+from rag.retrieval import Retriever
+from rag.sparse import Bm25Encoder
+from rag.vectorstore import VectorStore, open_vector_store
+from shared.auth import Principal
+from shared.config import Settings
+from shared.ingestion import IngestPipeline, RunSummary, folder_source
+from shared.metadata import MetadataStore
+from shared.metadata.store import DocumentInfo
+
+log = logging.getLogger(__name__)
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class AccessDenied(PermissionError):
+    pass
+
+
+def sanitize_filename(name: str) -> str:
+    """A safe basename: no directories, no leading dots, only [A-Za-z0-9._-]."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    base = _UNSAFE.sub("_", base).lstrip("._") or "upload"
+    stem, dot, ext = base.rpartition(".")
+    if len(base) > 120:
+        base = (stem[: 110] + dot + ext[:9]) if dot else base[:120]
+    return base
+
+
+def make_generator(settings: Settings) -> Generator:
+    if settings.llm_base_url:
+        if not settings.llm_model:
+            raise ValueError("an LLM endpoint is configured but no model: set LOOPLINE_LLM_MODEL (or OPENAI_MODEL)")
+        key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+        return LLMGenerator(
+            model=settings.llm_model, base_url=settings.llm_base_url, api_key=key, timeout_s=settings.llm_timeout_s
+        )
+    return ExtractiveGenerator()
+
+
+class RagService:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        metadata: MetadataStore | None = None,
+        store: VectorStore | None = None,
+        embedder_factory: Callable[[], Embedder] | None = None,
+        generator: Generator | None = None,
+    ) -> None:
+        self.settings = settings
+        settings.ensure_home()
+        self.metadata = metadata or MetadataStore(settings.resolved_database_url)
+        self.store = store or open_vector_store(settings)
+        self._embedder_factory = embedder_factory or (lambda: make_embedder(settings))
+        self.generator = generator or make_generator(settings)
+        self.sparse = Bm25Encoder() if settings.hybrid else None
+        self._query_embedder: Embedder | None = None
+        self._pipeline: IngestPipeline | None = None
+        self._ingest_lock = threading.Lock()
+        self._init_lock = threading.Lock()
+
+    # --- composition -----------------------------------------------------------------
+    @property
+    def query_embedder(self) -> Embedder:
+        with self._init_lock:
+            if self._query_embedder is None:
+                self._query_embedder = self._embedder_factory()
+            return self._query_embedder
+
+    @property
+    def pipeline(self) -> IngestPipeline:
+        with self._init_lock:
+            if self._pipeline is None:
+                indexer = RagIndexer(
+                    self.store,
+                    self._embedder_factory(),
+                    Chunker(self.settings.chunk_size, self.settings.chunk_overlap),
+                    self.sparse,
+                )
+                self._pipeline = IngestPipeline(
+                    self.metadata, indexer, max_file_bytes=self.settings.max_file_bytes
+                )
+            return self._pipeline
+
+    def close(self) -> None:
+        self.store.close()
+        self.metadata.close()
+
+    def __enter__(self) -> "RagService":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- ingestion -------------------------------------------------------------------
+    def ingest(
+        self,
+        path: Path,
+        groups: Sequence[str],
+        *,
+        kind: str = "ingest",
+        progress: Callable[[int, int], None] | None = None,
+    ) -> RunSummary:
+        with self._ingest_lock:
+            return self.pipeline.ingest(Path(path), groups, kind=kind, progress=progress)
+
+    def ingest_upload(
+        self, filename: str, data: bytes, groups: Sequence[str]
+    ) -> tuple[DocumentInfo | None, RunSummary]:
+        """Store an uploaded file under home/uploads with a sanitized name, then ingest it."""
+        folder = self.settings.home / "uploads"
+        folder.mkdir(parents=True, exist_ok=True)
+        name = sanitize_filename(filename)
+        target = folder / name
+        tmp = folder / f".{name}.part"
+        tmp.write_bytes(data)
+        tmp.replace(target)
+        run = self.ingest(target, groups, kind="upload")
+        return self.metadata.find_document(folder_source(folder), name), run
+
+    # --- documents -------------------------------------------------------------------
+    def list_documents(self, who: Principal) -> list[DocumentInfo]:
+        return self.metadata.list_documents(groups=who.readable_groups)
+
+    def get_document(self, doc_id: str, who: Principal) -> DocumentInfo | None:
+        doc = self.metadata.get_document(doc_id)
+        if doc is None or not _can_read(who, doc):
+            return None  # indistinguishable from "absent": no probing of other groups' ids
+        return doc
+
+    def delete_document(self, doc_id: str, who: Principal) -> bool:
+        doc = self.get_document(doc_id, who)
+        if doc is None:
+            return False
+        if not who.admin:
+            raise AccessDenied(f"user '{who.name}' may read but not delete documents (admins manage documents)")
+        with self._ingest_lock:
+            self.store.delete_document(doc_id)
+            self.metadata.delete_document(doc_id)
+        log.info("user %s deleted document %s (%s)", who.name, doc_id, doc.path)
+        return True
+
+    # --- answers ---------------------------------------------------------------------
+    def ask(self, question: str, who: Principal, *, top_k: int | None = None) -> Answer:
+        t0 = time.perf_counter()
+        answer, citations, timing = self._retrieve(question, who, top_k)
+        if answer is not None:
+            return answer
+        t1 = time.perf_counter()
+        text = self.generator.generate(question, citations)
+        return self._finish(question, text, citations, timing, t0, t1)
+
+    def ask_stream(self, question: str, who: Principal, *, top_k: int | None = None) -> Iterator[dict]:
+        """Events: {"type": "citations"}, then {"type": "token"}…, then {"type": "done"}."""
+        t0 = time.perf_counter()
+        answer, citations, timing = self._retrieve(question, who, top_k)
+        if answer is not None:
+            yield {"type": "citations", "citations": []}
+            yield {"type": "token", "text": answer.answer}
+            yield {"type": "done", "answer": answer.model_dump()}
+            return
+        yield {"type": "citations", "citations": [c.model_dump() for c in citations]}
+        t1 = time.perf_counter()
+        parts = []
+        for piece in self.generator.stream(question, citations):
+            parts.append(piece)
+            yield {"type": "token", "text": piece}
+        final = self._finish(question, "".join(parts).strip(), citations, timing, t0, t1)
+        yield {"type": "done", "answer": final.model_dump()}
+
+    def _retrieve(self, question: str, who: Principal, top_k: int | None):
+        retriever = Retriever(self.store, self.query_embedder, self.sparse)  # loads the model once
+        t0 = time.perf_counter()
+        got = retriever.retrieve(question, groups=who.readable_groups, top_k=top_k or self.settings.top_k)
+        relevant = [r for r in got.chunks if r.relevance >= self.settings.min_relevance]
+        if not relevant:
+            total = (time.perf_counter() - t0) * 1000
+            return (
+                Answer(
+                    question=question,
+                    answer=ABSTAIN_TEXT,
+                    mode=self.generator.mode,  # type: ignore[arg-type]
+                    abstained=True,
+                    citations=[],
+                    timings=Timings(embed_ms=got.embed_ms, search_ms=got.search_ms, total_ms=total),
+                ),
+                [],
+                (got.embed_ms, got.search_ms),
+            )
+        return None, make_citations(relevant), (got.embed_ms, got.search_ms)
+
+    def _finish(self, question: str, text: str, citations, timing, t0: float, t1: float) -> Answer:
+        t2 = time.perf_counter()
+        embed_ms, search_ms = timing
+        return Answer(
+            question=question,
+            answer=text,
+            mode=self.generator.mode,  # type: ignore[arg-type]
+            abstained=False,
+            citations=citations,
+            timings=Timings(
+                embed_ms=round(embed_ms, 2),
+                search_ms=round(search_ms, 2),
+                answer_ms=round((t2 - t1) * 1000, 2),
+                total_ms=round((t2 - t0) * 1000, 2),
+            ),
+        )
+
+    def add_feedback(self, who: Principal, *, question: str, answer: str, rating: int, comment: str) -> int:
+        return self.metadata.add_feedback(user=who.name, question=question, answer=answer, rating=rating, comment=comment)
+
+
+def _can_read(who: Principal, doc: DocumentInfo) -> bool:
+    groups = who.readable_groups
+    return groups is None or bool(set(groups) & set(doc.groups))

@@ -1,0 +1,109 @@
+"""API keys → principals (user, groups, admin), read from a YAML file.
+
+The file lists users; each has a key (or its sha256, so the file need not hold secrets),
+groups, and an admin flag. Every user also reads the `public` group. Keys are compared in
+constant time. Nothing here knows about documents: the verticals enforce groups.
+
+    users:
+      - name: alice
+        key_sha256: 2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae
+        groups: [engineering]
+      - name: ops
+        key: change-me
+        admin: true
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, Field, model_validator
+
+PUBLIC_GROUP = "public"
+
+
+class Principal(BaseModel):
+    name: str
+    groups: list[str] = Field(default_factory=list)
+    admin: bool = False
+
+    @property
+    def readable_groups(self) -> list[str] | None:
+        """Groups whose documents this principal may read; None means all (admins)."""
+        if self.admin:
+            return None
+        return sorted(set(self.groups) | {PUBLIC_GROUP})
+
+
+class UserEntry(BaseModel):
+    name: str = Field(min_length=1)
+    key: str | None = Field(None, min_length=8)
+    key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    groups: list[str] = Field(default_factory=list)
+    admin: bool = False
+
+    @model_validator(mode="after")
+    def _one_key(self) -> "UserEntry":
+        if not (self.key or self.key_sha256):
+            raise ValueError(f"user '{self.name}' needs a 'key' or a 'key_sha256'")
+        return self
+
+    def digest(self) -> str:
+        return self.key_sha256 or hashlib.sha256(self.key.encode()).hexdigest()  # type: ignore[union-attr]
+
+
+class ApiKeysFile(BaseModel):
+    users: list[UserEntry] = Field(default_factory=list)
+
+
+class KeyRegistry:
+    """Resolves API keys and user names to principals."""
+
+    def __init__(self, users: list[UserEntry]) -> None:
+        names = [u.name for u in users]
+        dupes = {n for n in names if names.count(n) > 1}
+        if dupes:
+            raise ValueError(f"duplicate users in the API keys file: {sorted(dupes)}")
+        self._users = {u.name: u for u in users}
+        self._digests = [(u.digest(), u) for u in users]
+
+    @classmethod
+    def from_file(cls, path: Path) -> "KeyRegistry":
+        if not path.exists():
+            return cls([])
+        data = yaml.safe_load(path.read_text()) or {}
+        try:
+            parsed = ApiKeysFile.model_validate(data)
+        except Exception as exc:
+            raise ValueError(f"{path}: invalid API keys file: {exc}") from exc
+        return cls(parsed.users)
+
+    def add(self, entry: UserEntry) -> None:
+        if entry.name in self._users:
+            raise ValueError(f"user '{entry.name}' already exists")
+        self._users[entry.name] = entry
+        self._digests.append((entry.digest(), entry))
+
+    def authenticate(self, key: str | None) -> Principal | None:
+        if not key:
+            return None
+        digest = hashlib.sha256(key.encode()).hexdigest()
+        found = None
+        for known, user in self._digests:
+            if hmac.compare_digest(known, digest):
+                found = user
+        return _principal(found) if found else None
+
+    def user(self, name: str) -> Principal | None:
+        u = self._users.get(name)
+        return _principal(u) if u else None
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+def _principal(u: UserEntry) -> Principal:
+    return Principal(name=u.name, groups=sorted(set(u.groups)), admin=u.admin)

@@ -1,0 +1,92 @@
+"""The `loopline` command: sub-commands contributed by each installed package.
+
+Verticals register click groups in the `loopline.commands` entry-point group; they are
+imported only when used, so `loopline --help` stays fast and a vertical whose extra is
+missing says which extra to install instead of failing with a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib.metadata import entry_points
+
+import click
+
+
+class PluginGroup(click.Group):
+    """A group whose sub-commands come from entry points, loaded lazily."""
+
+    def _plugins(self) -> dict:
+        return {ep.name: ep for ep in entry_points(group="loopline.commands")}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(self._plugins()))
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        cmd = super().get_command(ctx, name)
+        if cmd is not None:
+            return cmd
+        ep = self._plugins().get(name)
+        if ep is None:
+            return None
+        try:
+            return ep.load()
+        except ImportError as exc:
+            return _missing_extra(name, exc)
+
+
+def _missing_extra(name: str, exc: ImportError) -> click.Command:
+    @click.command(name, help=f"(unavailable: install the '{name}' extra)", context_settings={"ignore_unknown_options": True})
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def unavailable(args: tuple[str, ...]) -> None:
+        raise click.ClickException(
+            f"'loopline {name}' needs the '{name}' extra, which is not installed here "
+            f"({exc.name or exc}). Install it with: pip install 'loopline[{name}]'"
+        )
+
+    return unavailable
+
+
+@click.group(cls=PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", count=True, help="More log output (-vv for debug).")
+@click.version_option(package_name="loopline")
+def main(verbose: int) -> None:
+    """loopline: keeps production AI fresh by closing its feedback loop.
+
+    State lives under LOOPLINE_HOME (default ./.loopline); every setting is a LOOPLINE_*
+    environment variable (see README).
+    """
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+@main.command()
+@click.option("--host", default=None, help="Interface to bind (LOOPLINE_HOST, default 127.0.0.1).")
+@click.option("--port", default=None, type=int, help="Port (LOOPLINE_PORT, default 8000).")
+def serve(host: str | None, port: int | None) -> None:
+    """Start the API (OpenAPI docs at /docs); CLI commands then hand their work to it."""
+    try:
+        import uvicorn
+
+        from shared.server import create_app
+    except ImportError as exc:
+        raise click.ClickException(f"serving needs the 'rag' extra: pip install 'loopline[rag]' ({exc})") from exc
+    from shared.config import Settings
+    from shared.runtime import ServiceInfo, announce, withdraw
+
+    settings = Settings()
+    host = host or settings.host
+    port = port or settings.port
+    info = ServiceInfo.new(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
+    logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
+    app = create_app(settings, local_token=info.token)
+    announce(settings.ensure_home(), info)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="info")
+    finally:
+        withdraw(settings.home, info)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

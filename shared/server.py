@@ -1,0 +1,127 @@
+"""The central HTTP service: one FastAPI app, each vertical mounted as a plugin.
+
+Verticals register an entry point in the `loopline.api` group: a callable taking the
+`AppContext` and returning an `ApiPlugin` (router, readiness check, close). This module
+never imports a vertical; it only discovers them. Authentication lives here: API keys
+from the keys file, plus the local admin token of `service.json` for the CLI hand-off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+from collections.abc import Callable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi.responses import JSONResponse
+
+from shared.auth import KeyRegistry, Principal
+from shared.config import Settings
+
+log = logging.getLogger(__name__)
+LOCAL_ADMIN = "local-admin"
+
+
+@dataclass
+class ApiPlugin:
+    name: str
+    router: APIRouter
+    ready: Callable[[], dict] = lambda: {}
+    close: Callable[[], None] = lambda: None
+
+
+@dataclass
+class AppContext:
+    settings: Settings
+    keys: KeyRegistry
+    local_token: str | None = None
+    plugins: list[ApiPlugin] = field(default_factory=list)
+
+    def authenticate(self, request: Request) -> Principal:
+        key = request.headers.get("x-api-key")
+        auth = request.headers.get("authorization", "")
+        if not key and auth.lower().startswith("bearer "):
+            key = auth[7:].strip()
+        if key and self.local_token and hmac.compare_digest(key, self.local_token):
+            return Principal(name=LOCAL_ADMIN, admin=True)
+        who = self.keys.authenticate(key)
+        if who is None:
+            raise HTTPException(
+                status_code=401,
+                detail="missing or unknown API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        return who
+
+
+PluginFactory = Callable[[AppContext], ApiPlugin]
+
+
+def discover_plugins() -> list[PluginFactory]:
+    found = []
+    for ep in entry_points(group="loopline.api"):
+        try:
+            found.append(ep.load())
+        except ImportError as exc:
+            log.warning("API plugin %s not loaded (%s); install its extra, e.g. loopline[%s]", ep.name, exc, ep.name)
+    return found
+
+
+def create_app(
+    settings: Settings,
+    *,
+    plugins: Sequence[PluginFactory] | None = None,
+    keys: KeyRegistry | None = None,
+    local_token: str | None = None,
+) -> FastAPI:
+    ctx = AppContext(
+        settings=settings,
+        keys=keys if keys is not None else KeyRegistry.from_file(settings.resolved_api_keys_file),
+        local_token=local_token,
+    )
+    if not len(ctx.keys):
+        log.warning(
+            "no API keys configured (%s): only the local admin token can call the API",
+            settings.resolved_api_keys_file,
+        )
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        for plugin in ctx.plugins:
+            try:
+                plugin.close()
+            except Exception:
+                log.exception("closing plugin %s failed", plugin.name)
+
+    app = FastAPI(
+        title="loopline",
+        version="0.1.0",
+        description="Document Q&A over your groups' documents, with citations. "
+        "Authenticate with `X-API-Key`.",
+        lifespan=lifespan,
+    )
+    app.state.ctx = ctx
+    for factory in plugins if plugins is not None else discover_plugins():
+        plugin = factory(ctx)
+        ctx.plugins.append(plugin)
+        app.include_router(plugin.router)
+
+    @app.get("/healthz", tags=["ops"], summary="The process is up.")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], summary="The stores answer; ready for traffic.")
+    def readyz():
+        details = {}
+        try:
+            for plugin in ctx.plugins:
+                details[plugin.name] = plugin.ready()
+        except Exception as exc:  # a store that fails its check makes the service unready
+            return JSONResponse({"status": "unready", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+        return {"status": "ready", **details}
+
+    return app
