@@ -39,6 +39,7 @@ def minilm_tokenizer() -> Tokenize:
 
     tok = Tokenizer.from_file(str(get_model_path() / "tokenizer.json"))
     tok.no_truncation()
+    tok.no_padding()
     return lambda text: tok.encode(text, add_special_tokens=False).ids
 
 
