@@ -1,0 +1,1 @@
+"""Datasets of the vision vertical: synthetic inspection plates, VOC import, versions."""
