@@ -154,6 +154,8 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         folder = service.settings.sync_folder
         if folder is None:
             raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
+        if not Path(folder).is_dir():
+            raise HTTPException(409, detail=f"the sync folder {folder} does not exist or is not a folder")
         if not sync_lock.acquire(blocking=False):
             raise HTTPException(409, detail="a sync is already running")
         groups = _groups(service.settings.sync_groups)
