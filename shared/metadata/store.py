@@ -12,10 +12,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.metadata.tables import (
     Base,
+    DatasetVersionRow,
     DeadLetter,
     DocumentGroup,
     DocumentRow,
@@ -53,6 +55,42 @@ class DocumentInfo:
             size_bytes=row.size_bytes,
             chunk_count=row.chunk_count,
             updated_at=row.updated_at,
+        )
+
+
+@dataclass(frozen=True)
+class DatasetVersionInfo:
+    """A detached, read-only view of a dataset version row."""
+
+    id: int
+    name: str
+    version: str
+    data_yaml: str
+    source_yaml: str
+    run_id: int | None
+    counts: dict
+    classes: tuple[str, ...]
+    manifest: dict
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        """`name@version`: how a model names the data it was trained on."""
+        return f"{self.name}@{self.version}"
+
+    @classmethod
+    def of(cls, row: DatasetVersionRow) -> "DatasetVersionInfo":
+        return cls(
+            id=row.id,
+            name=row.name,
+            version=row.version,
+            data_yaml=row.data_yaml,
+            source_yaml=row.source_yaml,
+            run_id=row.run_id,
+            counts=dict(row.counts or {}),
+            classes=tuple(row.classes or ()),
+            manifest=dict(row.manifest or {}),
+            created_at=row.created_at,
         )
 
 
@@ -219,5 +257,73 @@ class MetadataStore:
     def purge_all(self) -> None:
         """Delete every row (tests and `--reset`)."""
         with self.session() as s, s.begin():
-            for table in (DeadLetter, Feedback, DocumentGroup, DocumentRow, IngestRun):
+            for table in (DeadLetter, Feedback, DocumentGroup, DocumentRow, IngestRun, DatasetVersionRow):
                 s.execute(delete(table))
+
+    # --- dataset versions ------------------------------------------------------------
+    def add_dataset_version(
+        self,
+        *,
+        name: str,
+        version: str,
+        data_yaml: str,
+        source_yaml: str = "",
+        run_id: int | None = None,
+        counts: dict | None = None,
+        classes: Sequence[str] = (),
+        manifest: dict | None = None,
+    ) -> DatasetVersionInfo:
+        """Store a version; an existing (name, version) is returned as it is, never duplicated."""
+        existing = self._find_dataset_version(name, version)
+        if existing is not None:
+            return existing
+        try:
+            with self.session() as s, s.begin():
+                row = DatasetVersionRow(
+                    name=name,
+                    version=version,
+                    data_yaml=data_yaml,
+                    source_yaml=source_yaml,
+                    run_id=run_id,
+                    counts=counts or {},
+                    classes=list(classes),
+                    manifest=manifest or {},
+                    created_at=utcnow(),
+                )
+                s.add(row)
+                s.flush()
+                return DatasetVersionInfo.of(row)
+        except IntegrityError:  # a concurrent snapshot of the same data won the insert
+            found = self._find_dataset_version(name, version)
+            if found is None:
+                raise
+            return found
+
+    def get_dataset_version(self, name_or_id: str | int) -> DatasetVersionInfo | None:
+        """By id (an int or digits), by `name@version`, or the latest version of `name`."""
+        with self.session() as s:
+            if isinstance(name_or_id, int) or str(name_or_id).isdigit():
+                row = s.get(DatasetVersionRow, int(name_or_id))
+                return DatasetVersionInfo.of(row) if row else None
+        name, sep, version = str(name_or_id).rpartition("@")
+        if sep:
+            return self._find_dataset_version(name, version)
+        latest = self.list_dataset_versions(version)
+        return latest[0] if latest else None
+
+    def list_dataset_versions(self, name: str | None = None) -> list[DatasetVersionInfo]:
+        """Versions, newest first; only those of `name` when given."""
+        with self.session() as s:
+            q = select(DatasetVersionRow).order_by(DatasetVersionRow.id.desc())
+            if name is not None:
+                q = q.where(DatasetVersionRow.name == name)
+            return [DatasetVersionInfo.of(r) for r in s.scalars(q)]
+
+    def _find_dataset_version(self, name: str, version: str) -> DatasetVersionInfo | None:
+        with self.session() as s:
+            row = s.scalar(
+                select(DatasetVersionRow).where(
+                    DatasetVersionRow.name == name, DatasetVersionRow.version == version
+                )
+            )
+            return DatasetVersionInfo.of(row) if row else None

@@ -97,3 +97,26 @@ class Feedback(Base):
     comment: Mapped[str] = mapped_column(Text, default="")
     extra: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersionRow(Base):
+    """One immutable version of a training dataset: a content hash over its valid files.
+
+    (name, version) is unique, so snapshotting unchanged data again finds this row instead
+    of adding one. `run_id` is a plain integer, not a foreign key, so purging runs never
+    orphans or blocks a version a model still names.
+    """
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_versions_name_version"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str] = mapped_column(String(64), index=True)
+    data_yaml: Mapped[str] = mapped_column(String(1024))  # the derived, trainable data.yaml
+    source_yaml: Mapped[str] = mapped_column(String(1024), default="")  # the data.yaml snapshotted
+    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)  # {split: {images, boxes, excluded}}
+    classes: Mapped[list] = mapped_column(JSON, default=list)
+    manifest: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
