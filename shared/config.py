@@ -77,6 +77,25 @@ class Settings(BaseSettings):
     sync_folder: Path | None = Field(None, description="Folder that POST /v1/sync re-syncs.")
     sync_groups: str = Field("public", description="Comma-separated groups of the synced folder.")
 
+    # Vision
+    mlflow_tracking_uri: str | None = Field(
+        None, description="MLflow tracking server URL; SQLite under home if unset."
+    )
+    registered_model: str = Field("loopline-detector", description="Registered model name of the detector.")
+    devices_file: Path | None = Field(None, description="YAML of device ids, fleets and tokens; home/devices.yaml if unset.")
+    frame_max_bytes: int = Field(8_000_000, description="Largest frame upload accepted from a device.")
+    train_threads: int | None = Field(None, description="CPU threads for training (all cores if unset).")
+
+    @property
+    def resolved_devices_file(self) -> Path:
+        return self.devices_file or self.home / "devices.yaml"
+
+    @property
+    def resolved_mlflow_uri(self) -> str:
+        if self.mlflow_tracking_uri:
+            return self.mlflow_tracking_uri
+        return f"sqlite:///{(self.home / 'mlflow.db').resolve()}"
+
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:

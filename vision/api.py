@@ -1,0 +1,183 @@
+"""The central API for edge devices: current model, model download, frame uploads.
+
+Devices authenticate with their token (`Authorization: Bearer …`) and only ever act as
+themselves: a device downloads only its fleet's production model and uploads only frames
+under its own id. Frame uploads are idempotent on `frame_id` (devices retry), validated
+for type, size and dimensions, and stored through the object store port.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field, ValidationError
+
+from shared.objectstore import LocalObjectStore, ObjectStore
+from shared.server import ApiPlugin, AppContext
+from vision.devices import Device, DeviceRegistry
+from vision.training import model_dir
+
+log = logging.getLogger(__name__)
+MAX_SIDE = 8192
+IMAGE_MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
+
+
+class ModelInfo(BaseModel):
+    version: str
+    sha256: str
+    size: int
+    precision: str
+    url: str
+    names: list[str] = Field(default_factory=list)
+    imgsz: int
+
+
+class FrameMeta(BaseModel):
+    device_id: str
+    frame_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
+    captured_at: float | str | None = None
+    model_version: str | None = None
+    reason: str | None = None
+    predictions: list[dict[str, Any]] = Field(default_factory=list)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Models:
+    """Reads the registry lazily (MLflow imports take seconds) and caches nothing stale."""
+
+    def __init__(self, ctx: AppContext, registry=None) -> None:  # noqa: ANN001
+        self.ctx = ctx
+        self._registry = registry
+        self._lock = threading.Lock()
+
+    @property
+    def registry(self):  # noqa: ANN201
+        with self._lock:
+            if self._registry is None:
+                from vision.registry import ModelRegistry
+
+                self._registry = ModelRegistry.from_settings(self.ctx.settings)
+            return self._registry
+
+    def current(self, fleet: str) -> tuple[ModelInfo, Path]:
+        mv = self.registry.production(fleet)
+        if mv is None:
+            raise HTTPException(404, detail=f"no production model for fleet '{fleet}' yet: promote a version first")
+        precision = mv.tags.get("preferred_precision", "fp32")
+        path = model_dir(self.ctx.settings, mv.version) / f"model.{precision}.onnx"
+        sha = mv.tags.get(f"onnx.{precision}.sha256")
+        if not path.exists() or not sha:
+            raise HTTPException(
+                409, detail=f"version {mv.version} has no exported {precision} ONNX model: run `loopline vision export {mv.version}`"
+            )
+        names = _names_of(path)
+        return (
+            ModelInfo(
+                version=mv.version,
+                sha256=sha,
+                size=path.stat().st_size,
+                precision=precision,
+                url=f"/v1/devices/model/download?version={mv.version}&precision={precision}",
+                names=names,
+                imgsz=int(mv.tags.get("imgsz", 0)),
+            ),
+            path,
+        )
+
+
+def _names_of(path: Path) -> list[str]:
+    import ast
+
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    names = ast.literal_eval(meta.get("names", "{}"))
+    return [names[k] for k in sorted(names)]
+
+
+def build_router(ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, models: _Models) -> APIRouter:
+    router = APIRouter(prefix="/v1/devices", tags=["edge devices"])
+
+    def device(request: Request) -> Device:
+        auth = request.headers.get("authorization", "")
+        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        found = devices.authenticate(token)
+        if found is None:
+            raise HTTPException(401, detail="missing or unknown device token (Authorization: Bearer TOKEN)")
+        return found
+
+    @router.get("/model", response_model=ModelInfo, summary="The production model this device's fleet should run.")
+    def current_model(fleet: str | None = None, dev: Device = Depends(device)) -> ModelInfo:
+        if fleet and fleet != dev.fleet:
+            raise HTTPException(403, detail=f"device '{dev.id}' belongs to fleet '{dev.fleet}', not '{fleet}'")
+        return models.current(dev.fleet)[0]
+
+    @router.get("/model/download", summary="Download the fleet's production model file.")
+    def download(version: str, precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"), dev: Device = Depends(device)):
+        info, path = models.current(dev.fleet)
+        if version != info.version or precision != info.precision:
+            raise HTTPException(404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'")
+        return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
+
+    @router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
+    def upload_frame(
+        image: UploadFile = File(...),
+        meta: str = Form(..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"),
+        dev: Device = Depends(device),
+    ):
+        try:
+            fm = FrameMeta.model_validate_json(meta)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "meta"
+            raise HTTPException(422, detail=f"meta: field '{field}' {err['msg'].lower()}") from exc
+        if fm.device_id != dev.id:
+            raise HTTPException(403, detail=f"this token belongs to device '{dev.id}', not '{fm.device_id}'")
+        key = f"{dev.id}/{fm.frame_id}"
+        if frames.exists(f"{key}.json"):
+            from fastapi.responses import JSONResponse
+
+            return JSONResponse({"id": key, "duplicate": True}, status_code=200)
+        limit = ctx.settings.frame_max_bytes
+        data = image.file.read(limit + 1)
+        if len(data) > limit:
+            raise HTTPException(413, detail=f"frame is over the limit of {limit:,} bytes")
+        kind = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+        if kind is None:
+            raise HTTPException(415, detail="frame must be a JPEG or PNG image")
+        h, w = _decoded_size(data)
+        ext = "jpg" if kind == "image/jpeg" else "png"
+        frames.put(f"{key}.{ext}", data)
+        record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h}
+        frames.put(f"{key}.json", json.dumps(record).encode())  # written last: marks the frame complete
+        log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)
+        return {"id": key, "duplicate": False}
+
+    return router
+
+
+def _decoded_size(data: bytes) -> tuple[int, int]:
+    import cv2
+    import numpy as np
+
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)")
+    h, w = img.shape[:2]
+    if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
+        raise HTTPException(422, detail=f"frame is {w}x{h}; sides must be between 8 and {MAX_SIDE} pixels")
+    return h, w
+
+
+def plugin(ctx: AppContext, *, devices: DeviceRegistry | None = None, registry=None) -> ApiPlugin:  # noqa: ANN001
+    """Entry point of the `loopline.api` group."""
+    devs = devices if devices is not None else DeviceRegistry.from_file(ctx.settings.resolved_devices_file)
+    frames = LocalObjectStore(ctx.settings.home / "frames")
+    router = build_router(ctx, devs, frames, _Models(ctx, registry))
+    return ApiPlugin(name="vision", router=router, ready=lambda: {"devices": len(devs)})

@@ -1,0 +1,142 @@
+"""Turn a registered version into edge-ready ONNX variants, each with its measured worth.
+
+Every variant (FP32, optionally INT8 and FP16) is scored on the validation split beside
+FP32 and timed with the edge runtime on this machine; one is marked preferred only when it
+is faster here and within tolerance of FP32's mAP50. On AVX2 CPUs without VNNI, INT8 is
+often no faster than FP32, and then FP32 stays preferred.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import statistics
+import time
+from pathlib import Path
+
+from evaluation.vision import evaluate_detector
+from shared.config import Settings
+from vision.export import convert_fp16, export_onnx, quantize_int8
+from vision.registry import ModelRegistry
+from vision.training import model_dir
+from vision.yolo_env import prepare_ultralytics
+
+log = logging.getLogger(__name__)
+MAP_TOLERANCE = 0.01  # one mAP50 point
+SPEEDUP_NEEDED = 0.95  # a variant must take under 95% of FP32's time to be preferred
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _val_images(data_yaml: Path, split: str = "val") -> list[Path]:
+    """Image paths of a split of a YOLO data.yaml (folder or list file)."""
+    import yaml
+
+    cfg = yaml.safe_load(data_yaml.read_text())
+    root = Path(cfg.get("path") or data_yaml.parent)
+    if not root.is_absolute():
+        root = (data_yaml.parent / root).resolve()
+    entry = cfg.get(split) or cfg.get("val")
+    target = Path(entry) if Path(entry).is_absolute() else root / entry
+    if target.is_file():
+        lines = [ln.strip() for ln in target.read_text().splitlines() if ln.strip()]
+        return [Path(ln) if Path(ln).is_absolute() else (root / ln) for ln in lines]
+    exts = {".jpg", ".jpeg", ".png", ".bmp"}
+    return sorted(p for p in target.rglob("*") if p.suffix.lower() in exts)
+
+
+def time_variant(model: Path, images: list[Path], *, threads: int | None = None, repeats: int = 3) -> float:
+    """Median end-to-end edge latency (ms) per image."""
+    import cv2
+
+    from edge.detector import Detector
+
+    det = Detector(model, threads=threads)
+    frames = [f for f in (cv2.imread(str(p)) for p in images[:20]) if f is not None]
+    det.detect(frames[0])  # warm-up
+    times = []
+    for _ in range(repeats):
+        for f in frames:
+            t0 = time.perf_counter()
+            det.detect(f)
+            times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times)
+
+
+def export_version(
+    settings: Settings,
+    registry: ModelRegistry,
+    version: str,
+    *,
+    int8: bool = False,
+    fp16: bool = False,
+    data_yaml: Path | None = None,
+    calibration_count: int = 64,
+) -> dict:
+    prepare_ultralytics(settings.home, settings.train_threads)
+    mv = registry.get(version)
+    folder = model_dir(settings, mv.version)
+    weights = folder / "best.pt"
+    if not weights.exists():
+        weights = registry.download(mv.version, "weights/best.pt", folder)
+    imgsz = int(mv.tags.get("imgsz", 160))
+    data_yaml = data_yaml or _data_of(registry, mv.version)
+    onnx: dict[str, Path] = {"fp32": export_onnx(weights, folder / "model.fp32.onnx", imgsz=imgsz)}
+    if int8:
+        calib = _val_images(data_yaml, "train")[:calibration_count]
+        onnx["int8"] = quantize_int8(onnx["fp32"], calib, folder / "model.int8.onnx")
+    if fp16:
+        onnx["fp16"] = convert_fp16(onnx["fp32"], folder / "model.fp16.onnx")
+
+    val = _val_images(data_yaml, "val")
+    report: dict[str, dict] = {}
+    for precision, path in onnx.items():
+        acc = evaluate_detector(path, data_yaml, split="val", imgsz=imgsz)
+        report[precision] = {
+            "path": str(path),
+            "sha256": sha256_of(path),
+            "size": path.stat().st_size,
+            "mAP50": acc["mAP50"],
+            "mAP50-95": acc["mAP50-95"],
+            "latency_ms": round(time_variant(path, val), 2) if val else None,
+        }
+    preferred = choose_preferred(report)
+    for precision, r in report.items():
+        registry.log_artifact(mv.version, Path(r["path"]), artifact_path="onnx")
+        registry.set_tags(
+            mv.version,
+            {f"onnx.{precision}.{k}": v for k, v in r.items() if k != "path"},
+        )
+    registry.set_tags(mv.version, {"preferred_precision": preferred, "precisions": ",".join(onnx)})
+    log.info("version %s exported: %s; preferred %s", mv.version, {p: r["mAP50"] for p, r in report.items()}, preferred)
+    return {"version": mv.version, "onnx": {p: str(x) for p, x in onnx.items()}, "variants": report, "preferred": preferred}
+
+
+def choose_preferred(report: dict[str, dict]) -> str:
+    """FP32 unless another variant is faster here and within tolerance of its mAP50."""
+    base = report["fp32"]
+    best = "fp32"
+    for precision, r in report.items():
+        if precision == "fp32" or r["latency_ms"] is None or base["latency_ms"] is None:
+            continue
+        accurate = r["mAP50"] >= base["mAP50"] - MAP_TOLERANCE
+        faster = r["latency_ms"] < SPEEDUP_NEEDED * report[best]["latency_ms"]
+        if accurate and faster:
+            best = precision
+    return best
+
+
+def _data_of(registry: ModelRegistry, version: str) -> Path:
+    run = registry.client.get_run(registry.get(version).run_id)
+    data = run.data.params.get("data")
+    if not data or not Path(data).exists():
+        raise FileNotFoundError(
+            f"version {version} was trained on {data!r}, which is not here: pass --data DATA.yaml"
+        )
+    return Path(data)

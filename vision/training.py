@@ -1,0 +1,144 @@
+"""Train a YOLO detector from scratch (a `*.yaml` model) or fine-tune a registered version.
+
+Offline by construction (see vision.yolo_env). The data is snapshotted first: the dataset
+version is recorded and only its valid images are trained on. The run is recorded in the
+metadata store and in MLflow (parameters, dataset and code versions, metrics, weights) and
+registered as a new model version, so every production model can be rebuilt from its record.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from shared.config import Settings
+from shared.metadata import MetadataStore
+from vision.registry import ModelRegistry, code_version
+from vision.yolo_env import prepare_ultralytics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    version: str
+    weights: Path
+    metrics: dict
+    dataset_version: str
+    seconds: float
+
+    def to_json(self) -> dict:
+        return {
+            "version": self.version,
+            "weights": str(self.weights),
+            "metrics": self.metrics,
+            "dataset_version": self.dataset_version,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def model_dir(settings: Settings, version: str) -> Path:
+    """Where a version's weights and exported models live under LOOPLINE_HOME."""
+    return settings.home / "models" / f"v{version}"
+
+
+def train_detector(
+    settings: Settings,
+    store: MetadataStore,
+    registry: ModelRegistry,
+    *,
+    data: Path,
+    model: str = "yolov8n.yaml",
+    epochs: int = 20,
+    imgsz: int = 160,
+    batch: int = 16,
+    from_version: str | None = None,
+    seed: int = 0,
+    patience: int = 100,
+) -> TrainResult:
+    prepare_ultralytics(settings.home, settings.train_threads)
+    import torch
+
+    if settings.train_threads:
+        torch.set_num_threads(settings.train_threads)
+    from ultralytics import YOLO
+
+    from evaluation.vision import evaluate_detector
+    from vision.datasets.versions import snapshot, verify
+
+    t0 = time.perf_counter()
+    run_id = store.start_run(f"train:{Path(data).resolve()}", kind="train")
+    try:
+        dataset = snapshot(Path(data), store)
+        changed = verify(dataset.record)
+        if changed:
+            raise RuntimeError(f"dataset files changed during the snapshot: {changed[:3]}; snapshot again")
+        if from_version:
+            start = registry.get(from_version)
+            start_weights = model_dir(settings, start.version) / "best.pt"
+            if not start_weights.exists():
+                start_weights = registry.download(start.version, "weights/best.pt", model_dir(settings, start.version))
+            base, base_desc = str(start_weights), f"v{start.version}"
+        else:
+            if model.endswith(".pt") and not Path(model).exists():
+                raise ValueError(
+                    f"'{model}' would be downloaded: train from scratch with a *.yaml model "
+                    "(e.g. yolov8n.yaml) or fine-tune with --from VERSION"
+                )
+            base, base_desc = model, model
+        runs = settings.home / "runs"
+        name = f"train-{int(time.time())}"
+        yolo = YOLO(base, task="detect")
+        yolo.train(
+            data=str(dataset.data_yaml),
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            workers=0,
+            device="cpu" if not torch.cuda.is_available() else 0,
+            amp=False,
+            seed=seed,
+            deterministic=False,
+            patience=patience,
+            plots=False,
+            project=str(runs),
+            name=name,
+            exist_ok=True,
+            verbose=False,
+        )
+        best = runs / name / "weights" / "best.pt"
+        if not best.exists():
+            best = runs / name / "weights" / "last.pt"
+        metrics = evaluate_detector(best, dataset.data_yaml, split="val", imgsz=imgsz)
+        flat = {"mAP50": metrics["mAP50"], "mAP50-95": metrics["mAP50-95"], "precision": metrics["precision"], "recall": metrics["recall"]}
+        for cls, m in metrics["per_class"].items():
+            flat[f"ap50.{cls}"] = m["ap50"]
+        params = {
+            "model": base_desc,
+            "epochs": epochs,
+            "imgsz": imgsz,
+            "batch": batch,
+            "seed": seed,
+            "data": str(Path(data).resolve()),
+        }
+        tags = {
+            "dataset_version": dataset.ref,
+            "dataset_name": dataset.name,
+            "code_version": code_version(),
+            "imgsz": str(imgsz),
+            "base": base_desc,
+        }
+        mv = registry.record_training(params=params, metrics=flat, weights=best, tags=tags)
+        target = model_dir(settings, mv.version)
+        target.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(best, target / "best.pt")
+        seconds = time.perf_counter() - t0
+        store.finish_run(run_id, status="succeeded", added=1)
+        log.info("trained version %s in %.0fs: mAP50 %.3f", mv.version, seconds, metrics["mAP50"])
+        return TrainResult(mv.version, target / "best.pt", metrics, dataset.ref, seconds)
+    except BaseException as exc:
+        store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", failed=1)
+        raise
