@@ -112,6 +112,10 @@ def build_router(ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, 
             raise HTTPException(401, detail="missing or unknown device token (Authorization: Bearer TOKEN)")
         return found
 
+    @router.get("/me", summary="Who this token is: the device id and its fleet.")
+    def me(dev: Device = Depends(device)) -> dict:
+        return {"id": dev.id, "fleet": dev.fleet}
+
     @router.get("/model", response_model=ModelInfo, summary="The production model this device's fleet should run.")
     def current_model(fleet: str | None = None, dev: Device = Depends(device)) -> ModelInfo:
         if fleet and fleet != dev.fleet:

@@ -73,6 +73,11 @@ def test_devices_need_a_valid_token(central) -> None:
     assert r.status_code == 401
 
 
+def test_a_token_knows_its_device(central) -> None:
+    client, *_ = central
+    assert client.get("/v1/devices/me", headers=_auth(CAM2)).json() == {"id": "cam-02", "fleet": "line-2"}
+
+
 def test_no_production_model_yet_is_a_clear_404(central) -> None:
     client, registry, version, _ = central
     assert registry.production("line-1") is None

@@ -1,0 +1,24 @@
+"""Frame selection for labeling: small registered rules, configured as data, behind quotas.
+
+Each rule is one module (`close_to_threshold`, `classes`, `detections_number`, `random`)
+registered in `registry.RULE_BUILDERS`; `FrameSelector` applies the first matching rule,
+then per-minute/per-day limits and near-duplicate suppression. It does not store or send
+frames (see edge.outbox and edge.uploader).
+"""
+
+from edge.selection.base import ClassFilter, Rule, SelectionConfigError
+from edge.selection.dedup import dhash, hamming
+from edge.selection.registry import RULE_BUILDERS, load_rules
+from edge.selection.selector import FrameSelector, default_selector
+
+__all__ = [
+    "RULE_BUILDERS",
+    "ClassFilter",
+    "FrameSelector",
+    "Rule",
+    "SelectionConfigError",
+    "default_selector",
+    "dhash",
+    "hamming",
+    "load_rules",
+]

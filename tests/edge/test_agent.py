@@ -1,0 +1,393 @@
+"""The device loop end to end against a local central: frames selected, stored, delivered, models followed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import threading
+from email.parser import BytesParser
+from email.policy import HTTP
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import parse_qs, urlsplit
+
+import cv2
+import numpy as np
+import onnxruntime as ort
+import pytest
+from click.testing import CliRunner
+
+from edge.agent import DeviceAgent, agent
+from edge.metrics import Metrics
+from edge.outbox import Outbox
+from edge.selection import FrameSelector, load_rules
+from edge.types import Detection
+from edge.updater import ModelUpdater, UpdateStatus
+from edge.uploader import Uploader
+
+onnx = pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
+TensorProto, helper = onnx.TensorProto, onnx.helper
+
+TOKEN = "device-token-0123456789"
+DEVICE = "line1-cam01"
+FLEET = "line-1"
+
+
+# --- tiny real models -----------------------------------------------------------------
+def _finish(graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> bytes:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    for k, v in (metadata or {}).items():
+        model.metadata_props.add(key=k, value=v)
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+def mean_model(scale: float, *, side: int | None = None) -> bytes:
+    """score = mean(image) * scale: brightness decides the score. `side` fixes the input size."""
+    dims = [1, 3, side or "h", side or "w"]
+    return _finish(
+        helper.make_graph(
+            [
+                helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
+                helper.make_node("Constant", [], ["s"], value=helper.make_tensor("sv", TensorProto.FLOAT, [], [scale])),
+                helper.make_node("Mul", ["m", "s"], ["score"]),
+            ],
+            "mean",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
+            [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1, 1, 1])],
+        )
+    )
+
+
+def yolo_like_model() -> bytes:
+    """An ultralytics-shaped detector (1, 4+1, 1): one centred box scored by the image's mean."""
+    box = helper.make_tensor("box", TensorProto.FLOAT, [1, 4, 1], [16.0, 16.0, 10.0, 10.0])
+    return _finish(
+        helper.make_graph(
+            [
+                helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
+                helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("sh", TensorProto.INT64, [3], [1, 1, 1])),
+                helper.make_node("Reshape", ["m", "shape"], ["score"]),
+                helper.make_node("Constant", [], ["b"], value=box),
+                helper.make_node("Concat", ["b", "score"], ["output0"], axis=1),
+            ],
+            "yolo-like",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+            [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])],
+        ),
+        {"names": "{0: 'scratch'}", "imgsz": "[32, 32]", "task": "detect", "stride": "32"},
+    )
+
+
+class MeanDetector:
+    """A detector on onnxruntime over the mean model: one box whose score is the frame's brightness."""
+
+    def __init__(self, path: Path) -> None:
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def detect(self, image_bgr: np.ndarray) -> list[Detection]:
+        x = image_bgr.astype(np.float32).transpose(2, 0, 1)[None] / 255.0
+        score = float(self.session.run(None, {self.input: x})[0].ravel()[0])
+        h, w = image_bgr.shape[:2]
+        return [Detection(0, "scratch", min(score, 1.0), (0.0, 0.0, float(w), float(h)))] if score > 0.05 else []
+
+
+def blank_frame_loader(path: Path) -> None:
+    MeanDetector(path).detect(np.zeros((32, 32, 3), np.uint8))
+
+
+def frame(brightness: float, h: int = 48, w: int = 64) -> np.ndarray:
+    return np.full((h, w, 3), round(brightness * 255), np.uint8)
+
+
+# --- a central in miniature: model manifest + download + frame uploads ------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Central:
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.manifest: dict | None = None
+        self.files: dict[str, bytes] = {}
+        self.frames: dict[str, dict] = {}
+        self.stored: list[str] = []
+        self.lock = threading.Lock()
+        self._httpd: ThreadingHTTPServer | None = None
+        self.up()
+
+    def publish(self, version: str, data: bytes) -> None:
+        self.files[version] = data
+        self.manifest = {
+            "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "precision": "fp32",
+            "url": f"/v1/devices/model/download?version={version}&precision=fp32", "names": ["scratch"], "imgsz": 32,
+        }
+
+    def up(self) -> None:
+        central = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def send(self, status: int, body: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def authorized(self) -> bool:
+                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
+                    return True
+                self.send(401, b'{"detail": "unknown token"}')
+                return False
+
+            def do_GET(self) -> None:
+                if not self.authorized():
+                    return
+                url = urlsplit(self.path)
+                if url.path == "/v1/devices/model":
+                    if central.manifest is None:
+                        return self.send(404, b'{"detail": "no model"}')
+                    return self.send(200, json.dumps(central.manifest).encode())
+                if url.path == "/v1/devices/model/download":
+                    return self.send(200, central.files[parse_qs(url.query)["version"][0]])
+                self.send(404, b"{}")
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                if not self.authorized():
+                    return
+                msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
+                parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True) for p in msg.iter_parts()}
+                meta = json.loads(parts["meta"])
+                with central.lock:
+                    duplicate = meta["frame_id"] in central.frames
+                    if not duplicate:
+                        central.frames[meta["frame_id"]] = {"meta": meta, "image": parts["image"]}
+                        central.stored.append(meta["frame_id"])
+                self.send(200 if duplicate else 201, b"{}")
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self._httpd.daemon_threads = True
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
+
+    def down(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+
+@pytest.fixture
+def central():
+    c = Central()
+    yield c
+    c.down()
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def uncertain_selector(clock=None) -> FrameSelector:
+    rules = load_rules([{"type": "close_to_threshold", "name": "uncertain", "threshold": 0.25, "delta": 0.1}])
+    return FrameSelector(rules, clock=clock or Clock())
+
+
+def build(home: Path, url: str, source, *, clock=None, metrics: Metrics | None = None) -> DeviceAgent:
+    import time
+
+    clock = clock or time.time
+    metrics = metrics or Metrics()
+    outbox = Outbox(home / "outbox", clock=clock)
+    uploader = Uploader(outbox, central=url, token=TOKEN, device_id=DEVICE, metrics_snapshot=metrics.snapshot, clock=clock, timeout=5)
+    updater = ModelUpdater(home / "models", central=url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader, timeout=5)
+    return DeviceAgent(
+        MeanDetector, source, uncertain_selector(clock), outbox, uploader, updater, metrics,
+        clock=clock, upload_interval=0.05, update_interval=60, drain_timeout=5,
+    )
+
+
+def frames(*levels: float) -> list[tuple[str, np.ndarray]]:
+    return [(f"f{i}", frame(b)) for i, b in enumerate(levels)]
+
+
+# --- tests ------------------------------------------------------------------------------
+def test_a_fresh_device_fetches_its_model_and_ships_the_uncertain_frames(tmp_path: Path, central: Central) -> None:
+    central.publish("1", mean_model(1.0))
+    device = build(tmp_path / "home", central.url, frames(0.3, 0.8, 0.3, 0.9, 0.28, 0.0))
+    summary = device.run()
+    assert (summary.frames, summary.selected, summary.delivered, summary.pending, summary.errors) == (6, 3, 3, 0, 0)
+    assert summary.model_version == "1"
+    assert len(central.stored) == 3 and len(set(central.stored)) == 3
+    metas = [central.frames[fid]["meta"] for fid in central.stored]
+    assert {m["reason"] for m in metas} == {"uncertain"} and {m["model_version"] for m in metas} == {"1"}
+    assert {m["device_id"] for m in metas} == {DEVICE}
+    assert sorted(round(m["predictions"][0]["score"], 2) for m in metas) == [0.28, 0.3, 0.3]
+    assert metas[0]["predictions"][0] == {"cls": 0, "name": "scratch", "score": metas[0]["predictions"][0]["score"], "box": [0.0, 0.0, 64.0, 48.0]}
+    assert metas[0]["captured_at"].endswith("+00:00") and metas[0]["metrics"]["frames"] >= 1
+    image = cv2.imdecode(np.frombuffer(central.frames[central.stored[0]]["image"], np.uint8), cv2.IMREAD_COLOR)
+    assert image.shape == (48, 64, 3) and abs(int(image.mean()) - 76) <= 2
+    snap = device.metrics.snapshot()
+    assert snap["frames"] == 6 and snap["selected"] == {"uncertain": 3} and snap["model_version"] == "1"
+    assert snap["counters"]["uploads"]["delivered"] == 3
+
+
+def test_frames_wait_out_an_outage_and_are_delivered_once_after_a_restart(tmp_path: Path, central: Central) -> None:
+    home, clock = tmp_path / "home", Clock()
+    central.publish("1", mean_model(1.0))
+    build(home, central.url, [], clock=clock).run()  # installs the model
+    central.down()
+    summary = build(home, central.url, frames(0.3, 0.32, 0.9, 0.2), clock=clock).run()
+    assert (summary.frames, summary.selected, summary.delivered, summary.pending) == (4, 3, 0, 3)
+    assert summary.model_version == "1"  # ran on the model on disk, central unreachable
+
+    central.up()
+    clock.now += 3600  # past every frame's retry time
+    after = build(home, central.url, [], clock=clock).run()
+    assert (after.delivered, after.pending) == (3, 0)
+    assert len(central.stored) == 3 and len(set(central.stored)) == 3
+
+
+def test_a_model_failing_at_run_time_is_rolled_back_and_not_reinstalled(tmp_path: Path, central: Central) -> None:
+    home = tmp_path / "home"
+    central.publish("1", mean_model(1.0))
+    build(home, central.url, []).run()
+    # v2 accepts only 32x32 input: it passes the blank-frame test, then fails on the camera's 48x64 frames
+    central.publish("2", mean_model(1.0, side=32))
+    metrics = Metrics()
+    device = build(home, central.url, frames(0.3, 0.3, 0.3, 0.3, 0.8), metrics=metrics)
+    assert device.updater.check().status is UpdateStatus.UPDATED
+    summary = device.run()
+    assert summary.errors == 3 and summary.frames == 5  # failure_limit=3, then back on v1
+    assert summary.model_version == "1" and device.updater.current().version == "1"
+    assert summary.selected == 1 and summary.delivered == 1
+    counters = metrics.snapshot()["counters"]
+    assert counters["detector_errors"][""] == 3 and counters["model_rollbacks"][""] == 1
+    assert device.updater.check().status is UpdateStatus.SKIPPED
+    assert ModelUpdater(home / "models", central=central.url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader).current().version == "1"
+
+
+def test_a_model_the_detector_cannot_load_is_not_retried_every_frame(tmp_path: Path, central: Central) -> None:
+    central.publish("1", mean_model(1.0))
+    device = build(tmp_path / "home", central.url, frames(0.3, 0.3, 0.3, 0.3))
+    calls = []
+
+    def broken_factory(path: Path) -> MeanDetector:
+        calls.append(path)
+        raise RuntimeError("this device's runtime lacks an operator")
+
+    device.detector_factory = broken_factory
+    summary = device.run()
+    assert (summary.frames, summary.errors, summary.selected, summary.model_version) == (4, 4, 0, None)
+    assert len(calls) == 1
+    assert device.metrics.snapshot()["counters"]["detector_errors"] == {"load": 1}
+
+
+def test_update_polls_are_spaced_by_the_interval_while_uploads_keep_going(tmp_path: Path, central: Central) -> None:
+    import time
+
+    central.publish("1", mean_model(1.0))
+
+    def slow_source():  # a camera: ~0.4 s of frames
+        for i in range(8):
+            time.sleep(0.05)
+            yield f"f{i}", frame(0.3 if i % 2 else 0.9)
+
+    device = build(tmp_path / "home", central.url, slow_source())
+    device.upload_interval, device.update_interval = 0.02, 30.0
+    summary = device.run()
+    counters = device.metrics.snapshot()["counters"]
+    assert counters["model_checks"] == {"up_to_date": 1}  # once at start, then not before 30 s
+    assert summary.delivered == 4 and counters["uploads"]["delivered"] == 4
+
+
+def test_stopping_a_device_that_has_no_model_yet(tmp_path: Path, central: Central) -> None:
+    stop = threading.Event()
+    device = build(tmp_path / "home", central.url, frames(0.3))
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    summary = device.run(stop)
+    timer.join()
+    assert (summary.frames, summary.model_version) == (0, None)
+
+
+def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, central: Central) -> None:
+    pytest.importorskip("edge.detector")
+    pytest.importorskip("edge.sources")
+    central.publish("5", yolo_like_model())
+    images = tmp_path / "images"
+    images.mkdir()
+    for i, level in enumerate([0.3, 0.8, 0.31, 0.9]):
+        cv2.imwrite(str(images / f"{i}.png"), frame(level, 64, 64) + np.uint8(i))  # distinct frames
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"type": "close_to_threshold", "name": "uncertain", "threshold": 0.25}], "dedup_distance": None}))
+    args = ["--central", central.url, "--token", TOKEN, "--fleet", FLEET, "--source", str(images),
+            "--home", str(tmp_path / "home"), "--rules", str(rules), "--metrics-port", "0"]
+    first = CliRunner().invoke(agent, args)
+    assert first.exit_code != 0 and "pass --device-id" in first.output
+    result = CliRunner().invoke(agent, [*args, "--device-id", DEVICE])
+    assert result.exit_code == 0, result.output
+    assert f"device {DEVICE}: 4 frames, 2 selected, 2 delivered, 0 waiting in the outbox, 0 errors, model 5" in result.output
+    expected = [(round(0.3 * 255) + 0) / 255, (round(0.31 * 255) + 2) / 255]  # frames 0 and 2: grey level / 255
+    got = sorted(central.frames[f]["meta"]["predictions"][0]["score"] for f in central.stored)
+    assert got == pytest.approx(expected, abs=1e-3)
+    again = CliRunner().invoke(agent, args)  # the id is remembered
+    assert again.exit_code == 0 and f"device {DEVICE}:" in again.output
+
+
+def test_a_bad_rules_file_is_reported_before_anything_runs(tmp_path: Path) -> None:
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"type": "close_to_treshold", "name": "u"}]))
+    result = CliRunner().invoke(agent, ["--central", "http://127.0.0.1:9", "--token", TOKEN, "--fleet", FLEET,
+                                        "--source", str(tmp_path), "--home", str(tmp_path / "h"), "--rules", str(rules),
+                                        "--device-id", DEVICE, "--metrics-port", "0"])
+    assert result.exit_code != 0
+    assert "unknown type 'close_to_treshold'" in result.output
+
+
+# --- the real central API ------------------------------------------------------------------
+def test_contract_with_the_central_device_api(tmp_path: Path) -> None:
+    """Updater and uploader against vision.api's router (FastAPI in tests only): manifest, download, frames."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("uvicorn")
+    api = pytest.importorskip("vision.api")
+    from fastapi import FastAPI
+    from live_server import serve_in_thread
+
+    from shared.objectstore import LocalObjectStore
+    from vision.devices import Device, DeviceRegistry
+
+    model = tmp_path / "model.fp32.onnx"
+    model.write_bytes(mean_model(1.0))
+
+    class Models:
+        def current(self, fleet: str):
+            info = api.ModelInfo(
+                version="4", sha256=hashlib.sha256(model.read_bytes()).hexdigest(), size=model.stat().st_size,
+                precision="fp32", url="/v1/devices/model/download?version=4&precision=fp32", names=["scratch"], imgsz=32,
+            )
+            return info, model
+
+    store = LocalObjectStore(tmp_path / "central-frames")
+    app = FastAPI()
+    devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
+    app.include_router(api.build_router(SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000)), devices, store, Models()))
+    with serve_in_thread(app) as url:
+        summary = build(tmp_path / "home", url, frames(0.3, 0.9, 0.33)).run()
+    assert (summary.model_version, summary.selected, summary.delivered, summary.pending) == ("4", 2, 2, 0)
+    records = [json.loads(store.get(k)) for k in store.list(DEVICE) if k.endswith(".json")]
+    assert len(records) == 2
+    assert {(r["reason"], r["model_version"], r["fleet"], r["width"], r["height"]) for r in records} == {("uncertain", "4", FLEET, 64, 48)}
