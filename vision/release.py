@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import statistics
-import time
 from pathlib import Path
 
 from evaluation.vision import evaluate_detector
@@ -52,21 +50,14 @@ def _val_images(data_yaml: Path, split: str = "val") -> list[Path]:
 
 
 def time_variant(model: Path, images: list[Path], *, threads: int | None = None, repeats: int = 3) -> float:
-    """Median end-to-end edge latency (ms) per image."""
+    """Median end-to-end edge latency (ms) per image, measured as `loopline edge bench` does."""
     import cv2
 
+    from edge.bench import measure
     from edge.detector import Detector
 
-    det = Detector(model, threads=threads)
     frames = [f for f in (cv2.imread(str(p)) for p in images[:20]) if f is not None]
-    det.detect(frames[0])  # warm-up
-    times = []
-    for _ in range(repeats):
-        for f in frames:
-            t0 = time.perf_counter()
-            det.detect(f)
-            times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times)
+    return measure(Detector(model, threads=threads), frames, warmup=2, repeat=repeats).median_ms
 
 
 def export_version(
