@@ -13,13 +13,13 @@ export TOKENIZERS_PARALLELISM := false
 setup: $(STAMP)
 
 # torch first, from the pinned releases on local disk (a bare `torch` would pull GBs of CUDA).
+# ultralytics needs the GUI OpenCV build, the edge extra names the headless one, and both
+# write cv2/: keep exactly one on purpose, the GUI build, reinstalled alone so cv2/ is whole.
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
 	$(PIP) install -q -e ".[rag,vision,edge,dev]"
-	# ultralytics needs the GUI OpenCV build, the edge extra names the headless one, and both
-	# write cv2/. Keep exactly one on purpose: the GUI build, reinstalled alone so cv2/ is whole.
 	$(PIP) uninstall -q -y opencv-python-headless opencv-python
 	$(PIP) install -q --no-deps opencv-python
 	touch $(STAMP)

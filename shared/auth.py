@@ -17,12 +17,37 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
 
 PUBLIC_GROUP = "public"
+
+T = TypeVar("T")
+
+
+def secret_digest(secret: str) -> str:
+    """The sha256 hex digest a key or token is stored as (`key_sha256`, `token_sha256`)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def find_by_secret(candidates: Iterable[tuple[str, T]], secret: str | None) -> T | None:
+    """The candidate whose digest (see `secret_digest`) is the secret's, or None.
+
+    Compares in constant time and always against every candidate, so the answer's timing
+    tells nothing about which digest matched or how much of it. An empty secret matches none.
+    """
+    if not secret:
+        return None
+    digest = secret_digest(secret)
+    found = None
+    for known, candidate in candidates:
+        if hmac.compare_digest(known, digest):
+            found = candidate
+    return found
 
 
 class Principal(BaseModel):
@@ -52,7 +77,7 @@ class UserEntry(BaseModel):
         return self
 
     def digest(self) -> str:
-        return self.key_sha256 or hashlib.sha256(self.key.encode()).hexdigest()  # type: ignore[union-attr]
+        return self.key_sha256 or secret_digest(self.key)  # type: ignore[arg-type]
 
 
 class ApiKeysFile(BaseModel):
@@ -88,13 +113,7 @@ class KeyRegistry:
         self._digests.append((entry.digest(), entry))
 
     def authenticate(self, key: str | None) -> Principal | None:
-        if not key:
-            return None
-        digest = hashlib.sha256(key.encode()).hexdigest()
-        found = None
-        for known, user in self._digests:
-            if hmac.compare_digest(known, digest):
-                found = user
+        found = find_by_secret(self._digests, key)
         return _principal(found) if found else None
 
     def user(self, name: str) -> Principal | None:

@@ -10,12 +10,12 @@ A device only ever acts as itself: uploads are checked against the token's devic
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, Field, model_validator
+
+from shared.auth import find_by_secret, secret_digest
 
 
 class Device(BaseModel):
@@ -31,7 +31,7 @@ class Device(BaseModel):
         return self
 
     def digest(self) -> str:
-        return self.token_sha256 or hashlib.sha256(self.token.encode()).hexdigest()  # type: ignore[union-attr]
+        return self.token_sha256 or secret_digest(self.token)  # type: ignore[arg-type]
 
 
 class DevicesFile(BaseModel):
@@ -52,14 +52,7 @@ class DeviceRegistry:
         return cls(DevicesFile.model_validate(yaml.safe_load(path.read_text()) or {}).devices)
 
     def authenticate(self, token: str | None) -> Device | None:
-        if not token:
-            return None
-        digest = hashlib.sha256(token.encode()).hexdigest()
-        found = None
-        for d in self._devices:
-            if hmac.compare_digest(d.digest(), digest):
-                found = d
-        return found
+        return find_by_secret(((d.digest(), d) for d in self._devices), token)
 
     def __len__(self) -> int:
         return len(self._devices)

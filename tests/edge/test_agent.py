@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
 import threading
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
-from urllib.parse import parse_qs, urlsplit
 
 import cv2
 import numpy as np
 import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
+from fake_central import (
+    DEVICE,
+    FLEET,
+    TOKEN,
+    FakeCentral,
+    FakeClock,
+    mean_model,
+    onnx_model,
+    real_device_api,
+)
 
 from edge.agent import DeviceAgent, agent
 from edge.metrics import Metrics
@@ -30,42 +34,14 @@ from edge.uploader import Uploader
 onnx = pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
 TensorProto, helper = onnx.TensorProto, onnx.helper
 
-TOKEN = "device-token-0123456789"
-DEVICE = "line1-cam01"
-FLEET = "line-1"
+EPOCH = 1_700_000_000.0  # where the agent tests' clocks start
 
 
 # --- tiny real models -----------------------------------------------------------------
-def _finish(graph: onnx.GraphProto, metadata: dict[str, str] | None = None) -> bytes:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    for k, v in (metadata or {}).items():
-        model.metadata_props.add(key=k, value=v)
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
-
-
-def mean_model(scale: float, *, side: int | None = None) -> bytes:
-    """score = mean(image) * scale: brightness decides the score. `side` fixes the input size."""
-    dims = [1, 3, side or "h", side or "w"]
-    return _finish(
-        helper.make_graph(
-            [
-                helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
-                helper.make_node("Constant", [], ["s"], value=helper.make_tensor("sv", TensorProto.FLOAT, [], [scale])),
-                helper.make_node("Mul", ["m", "s"], ["score"]),
-            ],
-            "mean",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
-            [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1, 1, 1])],
-        )
-    )
-
-
 def yolo_like_model() -> bytes:
     """An ultralytics-shaped detector (1, 4+1, 1): one centred box scored by the image's mean."""
     box = helper.make_tensor("box", TensorProto.FLOAT, [1, 4, 1], [16.0, 16.0, 10.0, 10.0])
-    return _finish(
+    return onnx_model(
         helper.make_graph(
             [
                 helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
@@ -105,105 +81,15 @@ def frame(brightness: float, h: int = 48, w: int = 64) -> np.ndarray:
 
 
 # --- a central in miniature: model manifest + download + frame uploads ------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Central:
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.manifest: dict | None = None
-        self.files: dict[str, bytes] = {}
-        self.frames: dict[str, dict] = {}
-        self.stored: list[str] = []
-        self.lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self.up()
-
-    def publish(self, version: str, data: bytes) -> None:
-        self.files[version] = data
-        self.manifest = {
-            "version": version, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "precision": "fp32",
-            "url": f"/v1/devices/model/download?version={version}&precision=fp32", "names": ["scratch"], "imgsz": 32,
-        }
-
-    def up(self) -> None:
-        central = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def send(self, status: int, body: bytes) -> None:
-                self.send_response(status)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def authorized(self) -> bool:
-                if self.headers.get("Authorization") == f"Bearer {TOKEN}":
-                    return True
-                self.send(401, b'{"detail": "unknown token"}')
-                return False
-
-            def do_GET(self) -> None:
-                if not self.authorized():
-                    return
-                url = urlsplit(self.path)
-                if url.path == "/v1/devices/model":
-                    if central.manifest is None:
-                        return self.send(404, b'{"detail": "no model"}')
-                    return self.send(200, json.dumps(central.manifest).encode())
-                if url.path == "/v1/devices/model/download":
-                    return self.send(200, central.files[parse_qs(url.query)["version"][0]])
-                self.send(404, b"{}")
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                if not self.authorized():
-                    return
-                msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body)
-                parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True) for p in msg.iter_parts()}
-                meta = json.loads(parts["meta"])
-                with central.lock:
-                    duplicate = meta["frame_id"] in central.frames
-                    if not duplicate:
-                        central.frames[meta["frame_id"]] = {"meta": meta, "image": parts["image"]}
-                        central.stored.append(meta["frame_id"])
-                self.send(200 if duplicate else 201, b"{}")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def down(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-
 @pytest.fixture
 def central():
-    c = Central()
-    yield c
-    c.down()
-
-
-class Clock:
-    def __init__(self, now: float = 1_700_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+    with FakeCentral(names=["scratch"]) as c:
+        yield c
 
 
 def uncertain_selector(clock=None) -> FrameSelector:
     rules = load_rules([{"type": "close_to_threshold", "name": "uncertain", "threshold": 0.25, "delta": 0.1}])
-    return FrameSelector(rules, clock=clock or Clock())
+    return FrameSelector(rules, clock=clock or FakeClock(EPOCH))
 
 
 def build(home: Path, url: str, source, *, clock=None, metrics: Metrics | None = None) -> DeviceAgent:
@@ -225,7 +111,7 @@ def frames(*levels: float) -> list[tuple[str, np.ndarray]]:
 
 
 # --- tests ------------------------------------------------------------------------------
-def test_a_fresh_device_fetches_its_model_and_ships_the_uncertain_frames(tmp_path: Path, central: Central) -> None:
+def test_a_fresh_device_fetches_its_model_and_ships_the_uncertain_frames(tmp_path: Path, central: FakeCentral) -> None:
     central.publish("1", mean_model(1.0))
     device = build(tmp_path / "home", central.url, frames(0.3, 0.8, 0.3, 0.9, 0.28, 0.0))
     summary = device.run()
@@ -238,15 +124,15 @@ def test_a_fresh_device_fetches_its_model_and_ships_the_uncertain_frames(tmp_pat
     assert sorted(round(m["predictions"][0]["score"], 2) for m in metas) == [0.28, 0.3, 0.3]
     assert metas[0]["predictions"][0] == {"cls": 0, "name": "scratch", "score": metas[0]["predictions"][0]["score"], "box": [0.0, 0.0, 64.0, 48.0]}
     assert metas[0]["captured_at"].endswith("+00:00") and metas[0]["metrics"]["frames"] >= 1
-    image = cv2.imdecode(np.frombuffer(central.frames[central.stored[0]]["image"], np.uint8), cv2.IMREAD_COLOR)
+    image = cv2.imdecode(np.frombuffer(central.frames[central.stored[0]]["image"]["data"], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (48, 64, 3) and abs(int(image.mean()) - 76) <= 2
     snap = device.metrics.snapshot()
     assert snap["frames"] == 6 and snap["selected"] == {"uncertain": 3} and snap["model_version"] == "1"
     assert snap["counters"]["uploads"]["delivered"] == 3
 
 
-def test_frames_wait_out_an_outage_and_are_delivered_once_after_a_restart(tmp_path: Path, central: Central) -> None:
-    home, clock = tmp_path / "home", Clock()
+def test_frames_wait_out_an_outage_and_are_delivered_once_after_a_restart(tmp_path: Path, central: FakeCentral) -> None:
+    home, clock = tmp_path / "home", FakeClock(EPOCH)
     central.publish("1", mean_model(1.0))
     build(home, central.url, [], clock=clock).run()  # installs the model
     central.down()
@@ -261,7 +147,7 @@ def test_frames_wait_out_an_outage_and_are_delivered_once_after_a_restart(tmp_pa
     assert len(central.stored) == 3 and len(set(central.stored)) == 3
 
 
-def test_a_model_failing_at_run_time_is_rolled_back_and_not_reinstalled(tmp_path: Path, central: Central) -> None:
+def test_a_model_failing_at_run_time_is_rolled_back_and_not_reinstalled(tmp_path: Path, central: FakeCentral) -> None:
     home = tmp_path / "home"
     central.publish("1", mean_model(1.0))
     build(home, central.url, []).run()
@@ -280,7 +166,7 @@ def test_a_model_failing_at_run_time_is_rolled_back_and_not_reinstalled(tmp_path
     assert ModelUpdater(home / "models", central=central.url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader).current().version == "1"
 
 
-def test_a_model_the_detector_cannot_load_is_not_retried_every_frame(tmp_path: Path, central: Central) -> None:
+def test_a_model_the_detector_cannot_load_is_not_retried_every_frame(tmp_path: Path, central: FakeCentral) -> None:
     central.publish("1", mean_model(1.0))
     device = build(tmp_path / "home", central.url, frames(0.3, 0.3, 0.3, 0.3))
     calls = []
@@ -296,7 +182,7 @@ def test_a_model_the_detector_cannot_load_is_not_retried_every_frame(tmp_path: P
     assert device.metrics.snapshot()["counters"]["detector_errors"] == {"load": 1}
 
 
-def test_update_polls_are_spaced_by_the_interval_while_uploads_keep_going(tmp_path: Path, central: Central) -> None:
+def test_update_polls_are_spaced_by_the_interval_while_uploads_keep_going(tmp_path: Path, central: FakeCentral) -> None:
     import time
 
     central.publish("1", mean_model(1.0))
@@ -314,7 +200,7 @@ def test_update_polls_are_spaced_by_the_interval_while_uploads_keep_going(tmp_pa
     assert summary.delivered == 4 and counters["uploads"]["delivered"] == 4
 
 
-def test_stopping_a_device_that_has_no_model_yet(tmp_path: Path, central: Central) -> None:
+def test_stopping_a_device_that_has_no_model_yet(tmp_path: Path, central: FakeCentral) -> None:
     stop = threading.Event()
     device = build(tmp_path / "home", central.url, frames(0.3))
     timer = threading.Timer(0.3, stop.set)
@@ -324,7 +210,7 @@ def test_stopping_a_device_that_has_no_model_yet(tmp_path: Path, central: Centra
     assert (summary.frames, summary.model_version) == (0, None)
 
 
-def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, central: Central) -> None:
+def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, central: FakeCentral) -> None:
     pytest.importorskip("edge.detector")
     pytest.importorskip("edge.sources")
     central.publish("5", yolo_like_model())
@@ -361,31 +247,20 @@ def test_a_bad_rules_file_is_reported_before_anything_runs(tmp_path: Path) -> No
 # --- the real central API ------------------------------------------------------------------
 def test_contract_with_the_central_device_api(tmp_path: Path) -> None:
     """Updater and uploader against vision.api's router (FastAPI in tests only): manifest, download, frames."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    api = pytest.importorskip("vision.api")
-    from fastapi import FastAPI
-    from live_server import serve_in_thread
-
-    from shared.objectstore import LocalObjectStore
-    from vision.devices import Device, DeviceRegistry
-
     model = tmp_path / "model.fp32.onnx"
     model.write_bytes(mean_model(1.0))
 
     class Models:
         def current(self, fleet: str):
-            info = api.ModelInfo(
+            from vision.api import ModelInfo
+
+            info = ModelInfo(
                 version="4", sha256=hashlib.sha256(model.read_bytes()).hexdigest(), size=model.stat().st_size,
                 precision="fp32", url="/v1/devices/model/download?version=4&precision=fp32", names=["scratch"], imgsz=32,
             )
             return info, model
 
-    store = LocalObjectStore(tmp_path / "central-frames")
-    app = FastAPI()
-    devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
-    app.include_router(api.build_router(SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000)), devices, store, Models()))
-    with serve_in_thread(app) as url:
+    with real_device_api(tmp_path / "central-frames", Models()) as (url, store):
         summary = build(tmp_path / "home", url, frames(0.3, 0.9, 0.33)).run()
     assert (summary.model_version, summary.selected, summary.delivered, summary.pending) == ("4", 2, 2, 0)
     records = [json.loads(store.get(k)) for k in store.list(DEVICE) if k.endswith(".json")]

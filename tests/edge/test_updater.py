@@ -4,41 +4,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import socket
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+from fake_central import FLEET, TOKEN, FakeCentral, mean_model
 
 from edge.updater import ModelUpdater, UpdateStatus
 
-onnx = pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
-TensorProto, helper = onnx.TensorProto, onnx.helper
-
-TOKEN = "device-token-0123456789"
-
-
-def mean_model(scale: float, *, side: int | None = None) -> bytes:
-    """A valid ONNX graph: score = mean(image) * scale; `side` fixes the input size."""
-    dims = [1, 3, side or "h", side or "w"]
-    graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
-            helper.make_node("Constant", [], ["s"], value=helper.make_tensor("sv", TensorProto.FLOAT, [], [scale])),
-            helper.make_node("Mul", ["m", "s"], ["score"]),
-        ],
-        "tiny",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, dims)],
-        [helper.make_tensor_value_info("score", TensorProto.FLOAT, [1, 1, 1, 1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
-    model.ir_version = 8
-    onnx.checker.check_model(model)
-    return model.SerializeToString()
+pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
 
 
 def ort_loader(path: Path) -> None:
@@ -47,100 +22,14 @@ def ort_loader(path: Path) -> None:
     sess.run(None, {sess.get_inputs()[0].name: np.zeros((1, 3, 32, 32), np.float32)})
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ModelCentral:
-    """Central's model endpoints in miniature. publish() sets the fleet's model; `mode` makes
-    the file download misbehave: "truncate" (connection cut half-way) or "extra" (more bytes)."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.manifest: dict | None = None
-        self.files: dict[str, bytes] = {}
-        self.mode = ""
-        self.requests: list[tuple[str, str | None]] = []
-        self._httpd: ThreadingHTTPServer | None = None
-        self.up()
-
-    def publish(self, version: str, data: bytes, *, sha256: str | None = None, size: int | None = None) -> dict:
-        name = f"model-{version}.onnx"
-        self.files[name] = data
-        self.manifest = {
-            "version": version,
-            "sha256": sha256 or hashlib.sha256(data).hexdigest(),
-            "size": len(data) if size is None else size,
-            "precision": "fp32",
-            "url": f"/v1/devices/model/download?version={version}&precision=fp32",
-            "names": ["scratch", "dent"],
-            "imgsz": 32,
-        }
-        return self.manifest
-
-    def downloads(self) -> int:
-        return sum(1 for path, _ in self.requests if path.startswith("/v1/devices/model/download"))
-
-    def up(self) -> None:
-        central = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def send(self, status: int, body: bytes, ctype: str = "application/json", length: int | None = None) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", ctype)
-                self.send_header("Content-Length", str(len(body) if length is None else length))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def do_GET(self) -> None:
-                central.requests.append((self.path, self.headers.get("Authorization")))
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self.send(401, b'{"detail": "unknown token"}')
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)
-                if url.path == "/v1/devices/model":
-                    if query.get("fleet") != ["line-1"]:
-                        return self.send(403, b'{"detail": "wrong fleet"}')
-                    if central.manifest is None:
-                        return self.send(404, b'{"detail": "no production model for fleet"}')
-                    return self.send(200, json.dumps(central.manifest).encode())
-                if url.path == "/v1/devices/model/download":
-                    data = central.files[f"model-{query['version'][0]}.onnx"]
-                    if central.mode == "truncate":
-                        self.send(200, data[: len(data) // 2], "application/octet-stream", length=len(data))
-                        self.close_connection = True
-                        return None
-                    if central.mode == "extra":
-                        return self.send(200, data + b"\0" * 100, "application/octet-stream")
-                    return self.send(200, data, "application/octet-stream")
-                return self.send(404, b"{}")
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def down(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-
 @pytest.fixture
 def central():
-    c = ModelCentral()
-    yield c
-    c.down()
+    with FakeCentral() as c:
+        yield c
 
 
-def updater(models: Path, central: ModelCentral, loader=ort_loader) -> ModelUpdater:
-    return ModelUpdater(models, central=central.url, token=TOKEN, fleet="line-1", loader=loader, timeout=5)
+def updater(models: Path, central: FakeCentral, loader=ort_loader) -> ModelUpdater:
+    return ModelUpdater(models, central=central.url, token=TOKEN, fleet=FLEET, loader=loader, timeout=5)
 
 
 def model_files(models: Path) -> list[str]:
@@ -148,9 +37,19 @@ def model_files(models: Path) -> list[str]:
 
 
 V1, V2, V3 = mean_model(1.0), mean_model(2.0), mean_model(3.0)
+VERSIONS = {"1": V1, "2": V2, "3": V3}
 
 
-def test_a_fresh_device_installs_the_fleet_model(tmp_path: Path, central: ModelCentral) -> None:
+def following(models: Path, central: FakeCentral, *versions: str) -> ModelUpdater:
+    """An updater that has followed central through `versions`: each published, then checked."""
+    up = updater(models, central)
+    for version in versions:
+        central.publish(version, VERSIONS[version])
+        up.check()
+    return up
+
+
+def test_a_fresh_device_installs_the_fleet_model(tmp_path: Path, central: FakeCentral) -> None:
     central.publish("1", V1)
     up = updater(tmp_path / "models", central)
     assert up.current() is None
@@ -165,19 +64,15 @@ def test_a_fresh_device_installs_the_fleet_model(tmp_path: Path, central: ModelC
     assert all(auth == f"Bearer {TOKEN}" for _, auth in central.requests)
 
 
-def test_the_same_version_is_not_downloaded_again(tmp_path: Path, central: ModelCentral) -> None:
-    central.publish("1", V1)
-    up = updater(tmp_path / "models", central)
-    up.check()
+def test_the_same_version_is_not_downloaded_again(tmp_path: Path, central: FakeCentral) -> None:
+    up = following(tmp_path / "models", central, "1")
     assert up.check().status is UpdateStatus.UP_TO_DATE
     assert central.downloads() == 1
 
 
-def test_a_new_version_is_swapped_in_and_the_old_kept_as_previous(tmp_path: Path, central: ModelCentral) -> None:
+def test_a_new_version_is_swapped_in_and_the_old_kept_as_previous(tmp_path: Path, central: FakeCentral) -> None:
     models = tmp_path / "models"
-    central.publish("1", V1)
-    up = updater(models, central)
-    up.check()
+    up = following(models, central, "1")
     central.publish("2", V2)
     assert up.check().status is UpdateStatus.UPDATED
     assert (up.current().version, up.previous().version) == ("2", "1")
@@ -189,12 +84,8 @@ def test_a_new_version_is_swapped_in_and_the_old_kept_as_previous(tmp_path: Path
     assert len(model_files(models)) == 2  # the one before previous is deleted
 
 
-def test_central_going_back_to_the_previous_version_needs_no_download(tmp_path: Path, central: ModelCentral) -> None:
-    central.publish("1", V1)
-    up = updater(tmp_path / "models", central)
-    up.check()
-    central.publish("2", V2)
-    up.check()
+def test_central_going_back_to_the_previous_version_needs_no_download(tmp_path: Path, central: FakeCentral) -> None:
+    up = following(tmp_path / "models", central, "1", "2")
     central.publish("1", V1)  # promoted back on the central side
     downloads = central.downloads()
     assert up.check().status is UpdateStatus.UPDATED
@@ -212,12 +103,10 @@ def test_central_going_back_to_the_previous_version_needs_no_download(tmp_path: 
     ],
 )
 def test_a_corrupted_or_truncated_download_is_rejected_and_the_current_model_kept(
-    tmp_path: Path, central: ModelCentral, tamper: dict, message: str, caplog: pytest.LogCaptureFixture
+    tmp_path: Path, central: FakeCentral, tamper: dict, message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     models = tmp_path / "models"
-    central.publish("1", V1)
-    up = updater(models, central)
-    up.check()
+    up = following(models, central, "1")
     central.publish("2", V2, sha256=tamper.get("sha256"))
     central.mode = tamper.get("mode", "")
     result = up.check()
@@ -230,10 +119,8 @@ def test_a_corrupted_or_truncated_download_is_rejected_and_the_current_model_kep
     assert up.check().status is UpdateStatus.UPDATED  # a transfer problem is retried next poll
 
 
-def test_a_model_that_fails_its_test_load_is_rejected_for_good(tmp_path: Path, central: ModelCentral) -> None:
-    central.publish("1", V1)
-    up = updater(tmp_path / "models", central)
-    up.check()
+def test_a_model_that_fails_its_test_load_is_rejected_for_good(tmp_path: Path, central: FakeCentral) -> None:
+    up = following(tmp_path / "models", central, "1")
     central.publish("2", b"\x08\x07 not an onnx graph " * 10)  # right sha256, wrong content
     result = up.check()
     assert result.status is UpdateStatus.REJECTED and "test load failed" in result.detail
@@ -245,19 +132,15 @@ def test_a_model_that_fails_its_test_load_is_rejected_for_good(tmp_path: Path, c
     assert up.check().status is UpdateStatus.UPDATED
 
 
-def test_a_model_with_a_fixed_input_size_passes_the_blank_frame_test(tmp_path: Path, central: ModelCentral) -> None:
+def test_a_model_with_a_fixed_input_size_passes_the_blank_frame_test(tmp_path: Path, central: FakeCentral) -> None:
     central.publish("1", mean_model(1.0, side=32))
     up = updater(tmp_path / "models", central)
     assert up.check().status is UpdateStatus.UPDATED
 
 
-def test_rollback_restores_the_previous_model_and_never_reinstalls_the_bad_one(tmp_path: Path, central: ModelCentral) -> None:
+def test_rollback_restores_the_previous_model_and_never_reinstalls_the_bad_one(tmp_path: Path, central: FakeCentral) -> None:
     models = tmp_path / "models"
-    central.publish("1", V1)
-    up = updater(models, central)
-    up.check()
-    central.publish("2", V2)
-    up.check()
+    up = following(models, central, "1", "2")
     restored = up.rollback("operator said so")
     assert restored is not None and restored.version == "1"
     assert up.current().version == "1" and up.previous() is None
@@ -267,24 +150,16 @@ def test_rollback_restores_the_previous_model_and_never_reinstalls_the_bad_one(t
     assert up.rollback().version == "1"  # nothing earlier: stays
 
 
-def test_report_failure_rolls_back_only_the_model_that_failed(tmp_path: Path, central: ModelCentral) -> None:
-    central.publish("1", V1)
-    up = updater(tmp_path / "models", central)
-    up.check()
-    central.publish("2", V2)
-    up.check()
+def test_report_failure_rolls_back_only_the_model_that_failed(tmp_path: Path, central: FakeCentral) -> None:
+    up = following(tmp_path / "models", central, "1", "2")
     assert up.report_failure(RuntimeError("boom"), version="1").version == "2"  # stale report: ignored
     assert up.report_failure(RuntimeError("boom"), version="2").version == "1"
     assert "failed at run time: RuntimeError: boom" in up.rejected()[f"2:{hashlib.sha256(V2).hexdigest()}"]
 
 
-def test_state_survives_a_restart(tmp_path: Path, central: ModelCentral) -> None:
+def test_state_survives_a_restart(tmp_path: Path, central: FakeCentral) -> None:
     models = tmp_path / "models"
-    central.publish("1", V1)
-    up = updater(models, central)
-    up.check()
-    central.publish("2", V2)
-    up.check()
+    following(models, central, "1", "2")
     again = updater(models, central)
     assert (again.current().version, again.previous().version) == ("2", "1")
     again.rollback("bad")
@@ -292,11 +167,9 @@ def test_state_survives_a_restart(tmp_path: Path, central: ModelCentral) -> None
     assert third.current().version == "1" and third.check().status is UpdateStatus.SKIPPED
 
 
-def test_leftovers_of_an_interrupted_update_are_cleaned_at_start(tmp_path: Path, central: ModelCentral) -> None:
+def test_leftovers_of_an_interrupted_update_are_cleaned_at_start(tmp_path: Path, central: FakeCentral) -> None:
     models = tmp_path / "models"
-    central.publish("1", V1)
-    up = updater(models, central)
-    up.check()
+    up = following(models, central, "1")
     (models / ".download-abc.part").write_bytes(b"half a model")
     (models / ".current.tmp").write_text("{")
     (models / "model-9-deadbeef.onnx").write_bytes(V3)  # downloaded, never switched to
@@ -305,7 +178,7 @@ def test_leftovers_of_an_interrupted_update_are_cleaned_at_start(tmp_path: Path,
     assert sorted(p.name for p in models.iterdir()) == sorted(["current", up.current().file])
 
 
-def test_central_down_or_without_a_model_keeps_the_current_one(tmp_path: Path, central: ModelCentral) -> None:
+def test_central_down_or_without_a_model_keeps_the_current_one(tmp_path: Path, central: FakeCentral) -> None:
     up = updater(tmp_path / "models", central)
     assert up.check().status is UpdateStatus.NO_MODEL
     central.publish("1", V1)
@@ -316,7 +189,7 @@ def test_central_down_or_without_a_model_keeps_the_current_one(tmp_path: Path, c
     assert up.current().version == "1"
 
 
-def test_an_invalid_manifest_is_named_and_ignored(tmp_path: Path, central: ModelCentral) -> None:
+def test_an_invalid_manifest_is_named_and_ignored(tmp_path: Path, central: FakeCentral) -> None:
     central.publish("1", V1)
     central.manifest.pop("sha256")
     up = updater(tmp_path / "models", central)

@@ -4,141 +4,30 @@ from __future__ import annotations
 
 import json
 import random
-import socket
-import threading
-from email.parser import BytesParser
-from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
+from fake_central import (
+    DEVICE,
+    TOKEN,
+    FakeCentral,
+    FakeClock,
+    parse_multipart,
+    real_device_api,
+)
 
 from edge.outbox import Outbox
 from edge.uploader import Backoff, Uploader, encode_multipart
 
-TOKEN = "device-token-0123456789"
-DEVICE = "line1-cam01"
 META_FIELDS = {"device_id", "frame_id", "captured_at", "model_version", "reason", "predictions", "metrics"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class FakeCentral:
-    """Central's frame endpoint in miniature: checks the token, parses multipart, dedupes on
-    frame_id (201 new, 200 duplicate). `script` queues special answers for the next posts:
-    an HTTP status, (status, headers, body), or "commit-then-drop" (store, then cut the
-    connection before answering: a lost acknowledgement). down()/up() switch it off and on."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.frames: dict[str, dict] = {}
-        self.stored: list[str] = []  # every frame_id stored (a repeat here would be a double delivery)
-        self.posts = 0
-        self.script: list = []
-        self.lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
-        self.up()
-
-    def up(self) -> None:
-        central = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def answer(self, status: int, body: dict, headers: dict | None = None) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(status)
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                with central.lock:
-                    central.posts += 1
-                    special = central.script.pop(0) if central.script else None
-                if self.path != "/v1/devices/frames":
-                    return self.answer(404, {"detail": "not found"})
-                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
-                    return self.answer(401, {"detail": "missing or unknown device token"})
-                if isinstance(special, int):
-                    return self.answer(special, {"detail": f"scripted {special}"})
-                if isinstance(special, tuple):
-                    status, headers, answer = special
-                    return self.answer(status, answer, headers)
-                parts = parse_multipart(self.headers["Content-Type"], body)
-                meta = json.loads(parts["meta"]["data"])
-                fid = meta["frame_id"]
-                with central.lock:
-                    duplicate = fid in central.frames
-                    if not duplicate:
-                        central.frames[fid] = {"meta": meta, "image": parts["image"], "auth": self.headers["Authorization"]}
-                        central.stored.append(fid)
-                if special == "commit-then-drop":
-                    self.close_connection = True
-                    self.connection.shutdown(socket.SHUT_RDWR)
-                    return None
-                return self.answer(200 if duplicate else 201, {"id": f"{DEVICE}/{fid}", "duplicate": duplicate})
-
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._httpd.daemon_threads = True
-        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def down(self) -> None:
-        if self._httpd is not None:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-            self._httpd = None
-
-
-def parse_multipart(content_type: str, body: bytes) -> dict[str, dict]:
-    msg = BytesParser(policy=HTTP).parsebytes(f"Content-Type: {content_type}\r\n\r\n".encode() + body)
-    assert msg.is_multipart(), content_type
-    out = {}
-    for part in msg.iter_parts():
-        name = part.get_param("name", header="content-disposition")
-        out[name] = {
-            "data": part.get_payload(decode=True),
-            "filename": part.get_filename(),
-            "content_type": part.get("Content-Type"),
-        }
-    return out
 
 
 @pytest.fixture
 def central():
-    c = FakeCentral()
-    yield c
-    c.down()
-
-
-class FakeTime:
-    """A clock the test moves; sleep() advances it (and can run a hook, e.g. bring central up)."""
-
-    def __init__(self, start: float = 1_000.0) -> None:
-        self.now = start
-        self.sleeps: list[float] = []
-        self.on_sleep = lambda: None
-
-    def __call__(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        self.on_sleep()
+    with FakeCentral() as c:
+        yield c
 
 
 def jpeg(seed: int = 0) -> bytes:
@@ -156,7 +45,7 @@ def frame_meta(i: int) -> dict:
     }
 
 
-def make(tmp_path: Path, central_url: str, clock: FakeTime, outbox: type[Outbox] = Outbox, **kw) -> tuple[Outbox, Uploader]:
+def make(tmp_path: Path, central_url: str, clock: FakeClock, outbox: type[Outbox] = Outbox, **kw) -> tuple[Outbox, Uploader]:
     box = outbox(tmp_path / "ob", clock=clock)
     up = Uploader(
         box, central=central_url, token=kw.pop("token", TOKEN), device_id=DEVICE, clock=clock, sleep=clock.sleep,
@@ -166,7 +55,7 @@ def make(tmp_path: Path, central_url: str, clock: FakeTime, outbox: type[Outbox]
 
 
 def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     ids = [box.put(jpeg(i), frame_meta(i)) for i in range(2)]
     report = up.drain()
@@ -184,7 +73,7 @@ def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(tmp_
 
 
 def test_outage_keeps_every_frame_and_recovery_delivers_each_exactly_once(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     ids = [box.put(jpeg(i), frame_meta(i)) for i in range(4)]
     central.down()
@@ -207,7 +96,7 @@ def test_outage_keeps_every_frame_and_recovery_delivers_each_exactly_once(tmp_pa
 
 
 def test_a_lost_acknowledgement_is_resent_and_answered_as_a_duplicate(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     fid = box.put(jpeg(), frame_meta(0))
     central.script = ["commit-then-drop"]
@@ -221,7 +110,7 @@ def test_a_lost_acknowledgement_is_resent_and_answered_as_a_duplicate(tmp_path: 
 
 
 def test_a_refused_frame_becomes_a_dead_letter_and_the_rest_still_go(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     bad, good = box.put(jpeg(0), frame_meta(0)), box.put(jpeg(1), frame_meta(1))
     central.script = [(422, {}, {"detail": "meta: field 'frame_id' string should match pattern"})]
@@ -237,7 +126,7 @@ def test_a_refused_frame_becomes_a_dead_letter_and_the_rest_still_go(tmp_path: P
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
 def test_timeouts_throttling_and_server_errors_are_retried_not_dropped(tmp_path: Path, central: FakeCentral, status: int) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     fid = box.put(jpeg(), frame_meta(0))
     central.script = [status]
@@ -248,7 +137,7 @@ def test_timeouts_throttling_and_server_errors_are_retried_not_dropped(tmp_path:
 
 
 def test_retry_after_is_honoured(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     box.put(jpeg(), frame_meta(0))
     central.script = [(429, {"Retry-After": "120"}, {"detail": "slow down"})]
@@ -262,7 +151,7 @@ def test_retry_after_is_honoured(tmp_path: Path, central: FakeCentral) -> None:
 
 def test_a_rejected_token_keeps_the_backlog(tmp_path: Path, central: FakeCentral) -> None:
     """401 is the device's misconfiguration, not the frame's fault: nothing is dead-lettered."""
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock, token="wrong-token-000000")
     box.put(jpeg(), frame_meta(0))
     report = up.drain()
@@ -282,7 +171,7 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
 
 
 def test_flush_sleeps_out_the_outage_then_delivers(tmp_path: Path, central: FakeCentral) -> None:
-    clock = FakeTime()
+    clock = FakeClock()
     box, up = make(tmp_path, central.url, clock, backoff=Backoff(base=1.0, cap=8.0))
     ids = [box.put(jpeg(i), frame_meta(i)) for i in range(3)]
     central.down()
@@ -320,22 +209,8 @@ class PowerCutBeforeAck(Outbox):
 # --- the real central router ----------------------------------------------------------
 def test_contract_with_the_central_frames_endpoint(tmp_path: Path) -> None:
     """The same uploader against vision.api's router (FastAPI, tests only): 201, then 200 for a resend, 4xx dead-lettered."""
-    pytest.importorskip("fastapi")
-    pytest.importorskip("uvicorn")
-    api = pytest.importorskip("vision.api")
-    from fastapi import FastAPI
-    from live_server import serve_in_thread
-
-    from shared.objectstore import LocalObjectStore
-    from vision.devices import Device, DeviceRegistry
-
-    devices = DeviceRegistry([Device(id=DEVICE, fleet="line-1", token=TOKEN)])
-    store = LocalObjectStore(tmp_path / "central-frames")
-    ctx = SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000))
-    app = FastAPI()
-    app.include_router(api.build_router(ctx, devices, store, models=None))
-    clock = FakeTime()
-    with serve_in_thread(app) as url:
+    clock = FakeClock()
+    with real_device_api(tmp_path / "central-frames", models=None) as (url, store):
         box, up = make(tmp_path, url, clock)
         fid = box.put(jpeg(3), frame_meta(0))
         assert up.drain().delivered == 1
