@@ -22,10 +22,11 @@ log = logging.getLogger(__name__)
 ABSTAIN_TEXT = (
     "I could not find an answer to this in the documents you have access to."
 )
+LLM_ABSTAIN = "I cannot find this in the documents."
 SYSTEM_PROMPT = (
     "You answer employees' questions using only the numbered sources provided. "
     "Cite every claim with the number of its source in square brackets, like [1] or [2][3]. "
-    "If the sources do not contain the answer, say that you cannot find it in the documents. "
+    "If the sources do not contain the answer, reply exactly: I cannot find this in the documents. "
     "Be concise."
 )
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(*\[])|\n{2,}|\n(?=\s*(?:[-*]|\d+[.)])\s)")
@@ -35,6 +36,11 @@ _STOP = frozenset(
     "our should so that the their them there these they this to up was we what when where which "
     "who why will with would you your".split()
 )
+
+
+def llm_abstained(text: str) -> bool:
+    """Did the model answer with the agreed 'not in the sources' sentence?"""
+    return text.strip().lower().startswith(LLM_ABSTAIN.lower().rstrip("."))
 
 
 class Generator(Protocol):

@@ -59,6 +59,8 @@ class Retriever:
         )
         t2 = time.perf_counter()
         chunks = [Retrieved(hit=h, relevance=_dot(qvec, h.vector) if h.vector else h.score) for h in hits]
+        # RRF often ties (equal ranks in both lists): break ties by similarity, repeatably.
+        chunks.sort(key=lambda r: (-r.hit.score, -r.relevance))
         return Retrieval(chunks=chunks, embed_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
 
 

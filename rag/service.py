@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
-from rag.answer import ABSTAIN_TEXT, ExtractiveGenerator, Generator, LLMGenerator, make_citations
+from rag.answer import (
+    ABSTAIN_TEXT,
+    ExtractiveGenerator,
+    Generator,
+    LLMGenerator,
+    llm_abstained,
+    make_citations,
+)
 from rag.chunking import Chunker
 from rag.embeddings import Embedder, make_embedder
 from rag.indexer import RagIndexer
@@ -213,12 +220,14 @@ class RagService:
     def _finish(self, question: str, text: str, citations, timing, t0: float, t1: float) -> Answer:
         t2 = time.perf_counter()
         embed_ms, search_ms = timing
+        # The LLM read the sources and found no answer: say so, and cite nothing.
+        declined = self.generator.mode == "llm" and llm_abstained(text)
         return Answer(
             question=question,
             answer=text,
             mode=self.generator.mode,  # type: ignore[arg-type]
-            abstained=False,
-            citations=citations,
+            abstained=declined,
+            citations=[] if declined else citations,
             timings=Timings(
                 embed_ms=round(embed_ms, 2),
                 search_ms=round(search_ms, 2),

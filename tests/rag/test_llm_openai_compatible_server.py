@@ -23,7 +23,7 @@ from fastapi.responses import StreamingResponse
 from fastapi.testclient import TestClient
 
 import rag.api
-from rag.answer import ABSTAIN_TEXT
+from rag.answer import ABSTAIN_TEXT, LLM_ABSTAIN
 from rag.samples import write_handbook
 from rag.service import RagService
 from shared.auth import KeyRegistry, UserEntry
@@ -35,6 +35,7 @@ CANNED = "Salary bands are reviewed every March, according to the compensation h
 # The streamed reply, piece by piece (joined, it is the canned answer).
 TOKENS = ["Salary ", "bands ", "are reviewed ", "every March", ", according to ", "the compensation handbook", " [1]."]
 assert "".join(TOKENS) == CANNED
+DECLINED_TOPIC = "parental leave for pets"
 KEY = "test-key-pia-0123456789"
 ADMIN_KEY = "test-key-root-0123456789"
 
@@ -69,6 +70,8 @@ def fake_openai_app(state: FakeOpenAIServer) -> FastAPI:
         with state.lock:
             state.requests.append({"body": body, "headers": dict(request.headers)})
         created = int(time.time())
+        # A question the sources do not answer gets the agreed "not found" sentence.
+        reply = LLM_ABSTAIN if DECLINED_TOPIC in json.dumps(body["messages"]) else CANNED
         if body.get("stream"):
 
             async def chunks() -> AsyncIterator[str]:
@@ -99,7 +102,7 @@ def fake_openai_app(state: FakeOpenAIServer) -> FastAPI:
             "created": created,
             "model": body.get("model"),
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": CANNED}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
             ],
             "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
         }
@@ -298,3 +301,16 @@ def test_unknown_model_name_is_accepted_by_openailike(fake_openai_server: FakeOp
     assert gen.generate("What is alpha?", [cite]) == CANNED
     assert list(gen.stream("What is alpha?", [cite])) == TOKENS
     assert fake_openai_server.last()["body"]["model"] == MODEL
+
+
+def test_an_llm_that_finds_no_answer_in_the_sources_abstains_without_citations(
+    llm_world: LlmWorld, fake_openai_server: FakeOpenAIServer
+) -> None:
+    """Retrieval found related chunks, but the model says they do not answer: abstained."""
+    before = fake_openai_server.count()
+    question = f"How many weeks of {DECLINED_TOPIC} do we get?"
+    r = llm_world.client.post("/v1/query", json={"question": question}, headers={"X-API-Key": KEY})
+    a = r.json()
+    assert fake_openai_server.count() == before + 1  # the model was asked
+    assert a["mode"] == "llm" and a["abstained"] is True
+    assert a["answer"] == LLM_ABSTAIN and a["citations"] == []
