@@ -7,6 +7,7 @@ STAMP := $(VENV)/.loopline-installed
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+export RAGAS_DO_NOT_TRACK := true
 
 .PHONY: setup demo test serve clean bench-rag
 
@@ -19,7 +20,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[rag,vision,edge,dev]"
+	$(PIP) install -q -e ".[rag,vision,edge,eval,dev]"
 	$(PIP) uninstall -q -y opencv-python-headless opencv-python
 	$(PIP) install -q --no-deps opencv-python
 	touch $(STAMP)
