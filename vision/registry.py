@@ -56,10 +56,12 @@ def code_version(repo: Path | None = None) -> str:
 class ModelRegistry:
     def __init__(self, tracking_uri: str, artifact_root: Path, name: str) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        logging.getLogger("mlflow").setLevel(logging.WARNING)
-        logging.getLogger("alembic").setLevel(logging.WARNING)
         import mlflow
         from mlflow import MlflowClient
+
+        # mlflow configures its own INFO logger on import; database set-up chatter is noise here.
+        logging.getLogger("mlflow").setLevel(logging.WARNING)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
         self.name = name
         self.tracking_uri = tracking_uri
