@@ -29,6 +29,7 @@ import numpy as np
 
 from edge.metrics import Metrics
 from edge.outbox import Outbox
+from edge.quality import frame_quality
 from edge.selection import FrameSelector, default_selector
 from edge.types import Detection, FrameResult
 from edge.updater import ModelInfo, ModelUpdater
@@ -133,6 +134,7 @@ class DeviceAgent:
         latency = self._perf() - t0
         self._failures = 0
         self.metrics.observe_frame(latency, detections)
+        self._observe_quality(frame)
         now = self._clock()
         selected, reason = self.selector.decide(frame, detections, now)
         if selected and reason is not None:
@@ -140,6 +142,14 @@ class DeviceAgent:
         elif reason is not None:
             self.metrics.count("selection_suppressed", reason)
         return FrameResult(frame_id, detections, latency * 1000, selected=selected, reason=reason)
+
+    def _observe_quality(self, frame: np.ndarray) -> None:
+        """Brightness, contrast, sharpness, colour balance into the metrics (for central's drift checks)."""
+        try:
+            self.metrics.observe_quality(frame_quality(frame))
+        except cv2.error as exc:  # an odd frame format must not stop detection
+            self.metrics.count("quality_errors")
+            log.debug("frame quality not computed: %s", exc)
 
     def _keep(self, frame: np.ndarray, detections: list[Detection], reason: str, now: float) -> bool:
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])

@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 
+from edge.quality import FixedHistograms
 from edge.types import Detection
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class Metrics:
         self._selected: Counter[str] = Counter()
         self._counters: dict[str, Counter[str]] = {}
         self.model_version: str | None = None
+        self._drift = FixedHistograms()  # quality and prediction features, for central's drift checks
 
     # --- recording -------------------------------------------------------------------
     def observe_frame(self, latency_s: float, detections: Sequence[Detection], now: float | None = None) -> None:
@@ -66,6 +68,13 @@ class Metrics:
                 self._conf_bins[min(CONFIDENCE_BINS - 1, max(0, math.ceil(d.score * CONFIDENCE_BINS) - 1))] += 1
                 self._conf_sum += d.score
             self._detections += len(detections)
+            self._drift.add({"max_score": max((d.score for d in detections), default=0.0), "detections": len(detections)})
+            self._drift.add_categories("class", [d.name for d in detections])
+
+    def observe_quality(self, features: dict[str, float]) -> None:
+        """One frame's quality features (edge.quality.frame_quality), counted over fixed bins."""
+        with self._lock:
+            self._drift.add(features)
 
     def record_selection(self, reason: str) -> None:
         with self._lock:
@@ -92,6 +101,7 @@ class Metrics:
             lat, times = self._recent()
             frames, lat_sum, buckets = self._frames, self._lat_sum, list(self._lat_buckets)
             conf, selected = list(self._conf_bins), dict(self._selected)
+            drift = self._drift.to_json()
             counters = {k: dict(v) for k, v in self._counters.items()}
             detections = self._detections
         p50, p95 = (np.percentile(lat, [50, 95]) * 1000).tolist() if len(lat) else (None, None)
@@ -111,6 +121,7 @@ class Metrics:
             "selected": selected,
             "counters": counters,
             "model_version": self.model_version,
+            "drift": drift,  # running totals over fixed bins; central adds what grew since the last upload
             "uptime_s": round(self._clock() - self._started, 1),
         }
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
 from fastapi.responses import StreamingResponse
@@ -23,9 +25,12 @@ from rag.vectorstore import EmbeddingMismatch
 from shared.auth import Principal
 from shared.ingestion import RunSummary
 from shared.metadata.store import DocumentInfo
+from shared.monitoring.freshness import VisibleSource, visible_source_freshness
+from shared.monitoring.monitoring_config import load_monitoring_config
 from shared.server import ApiPlugin, AppContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 def _doc_out(d: DocumentInfo) -> DocumentOut:
@@ -71,6 +76,18 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
             raise HTTPException(403, detail=f"user '{who.name}' is not an admin; admins manage documents")
         return who
 
+    def recorded_ingest(kind: str, ingest: Callable[[], T], run_of: Callable[[T], RunSummary] = lambda r: r) -> T:
+        """Run an ingest and count it in the metrics (a run that raises counts as failed)."""
+        t0 = time.perf_counter()
+        try:
+            result = ingest()
+        except Exception:
+            ctx.metrics.record_ingest(kind, "failed", {}, time.perf_counter() - t0)
+            raise
+        run = run_of(result)
+        ctx.metrics.record_ingest(kind, run.status, run.counts(), run.seconds)
+        return result
+
     def effective(req: QueryRequest, who: Principal) -> Principal:
         if not req.as_user:
             return who
@@ -84,9 +101,11 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
     @router.post("/query", response_model=Answer, summary="Answer a question with citations.")
     def query(req: QueryRequest, who: Principal = Depends(caller)) -> Answer:
         try:
-            return service.ask(req.question, effective(req, who), top_k=req.top_k)
+            answer = service.ask(req.question, effective(req, who), top_k=req.top_k)
         except EmbeddingMismatch as exc:
             raise HTTPException(409, detail=str(exc)) from exc
+        ctx.metrics.record_answer(answer.mode, answer.abstained)
+        return answer
 
     @router.post(
         "/query/stream",
@@ -99,6 +118,8 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         def events() -> Iterator[str]:
             try:
                 for ev in service.ask_stream(req.question, as_who, top_k=req.top_k):
+                    if ev["type"] == "done":
+                        ctx.metrics.record_answer(ev["answer"]["mode"], ev["answer"]["abstained"])
                     yield f"event: {ev['type']}\ndata: {json.dumps(ev, default=str)}\n\n"
             except Exception as exc:  # the stream has started: report in-band
                 log.exception("streamed answer failed")
@@ -109,6 +130,15 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
     @router.get("/documents", response_model=list[DocumentOut], summary="Documents you may read.")
     def list_documents(who: Principal = Depends(caller)) -> list[DocumentOut]:
         return [_doc_out(d) for d in service.list_documents(who)]
+
+    @router.get("/sources", response_model=list[VisibleSource], summary="How fresh the sources you can read are.")
+    def sources(who: Principal = Depends(caller)) -> list[VisibleSource]:
+        """Sources of the documents you may read, with the age of their last successful sync and its SLO."""
+        try:
+            slos = load_monitoring_config(service.settings).freshness
+        except ValueError as exc:
+            raise HTTPException(503, detail=f"source freshness unavailable: {exc}") from exc
+        return visible_source_freshness(service.metadata, slos, groups=who.readable_groups)
 
     @router.get("/documents/{doc_id}", response_model=DocumentOut)
     def get_document(doc_id: str, who: Principal = Depends(caller)) -> DocumentOut:
@@ -142,7 +172,9 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         data = file.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
-        doc, run = service.ingest_upload(name, data, _groups(groups))
+        doc, run = recorded_ingest(
+            "upload", lambda: service.ingest_upload(name, data, _groups(groups)), run_of=lambda r: r[1]
+        )
         if run.failed or doc is None:
             reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
             raise HTTPException(422, detail=f"{name}: {reason}")
@@ -162,7 +194,7 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
 
         def run() -> RunSummary:
             try:
-                return service.ingest(folder, groups, kind="sync")
+                return recorded_ingest("sync", lambda: service.ingest(folder, groups, kind="sync"))
             finally:
                 sync_lock.release()
 
@@ -177,7 +209,7 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         path = Path(req.path)
         if not path.exists():
             raise HTTPException(404, detail=f"{path}: no such file or folder on the server")
-        return _run_out(service.ingest(path, req.groups))
+        return _run_out(recorded_ingest("ingest", lambda: service.ingest(path, req.groups)))
 
     @router.get("/runs", summary="Recent ingest and sync runs (admins).")
     def runs(limit: int = 20, who: Principal = Depends(admin)) -> list[dict]:
@@ -209,9 +241,24 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
 
 def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
     """Entry point of the `loopline.api` group."""
-    svc = service or RagService(ctx.settings)
+    svc = service or _service_with_drift(ctx)
 
     def ready() -> dict:
         return {"documents": svc.metadata.count_documents(), "chunks": svc.store.count()}
 
     return ApiPlugin(name="rag", router=build_router(svc, ctx), ready=ready, close=svc.close)
+
+
+def _service_with_drift(ctx: AppContext) -> RagService:
+    """The service on the configured stores, recording its answers for drift monitoring."""
+    from shared.metadata import MetadataStore
+    from rag.service import DRIFT_STREAM, drift_reference_label
+    from shared.monitoring.drift import BufferedRecorder, DriftMonitor
+
+    ctx.settings.ensure_home()
+    metadata = MetadataStore(ctx.settings.resolved_database_url)
+    monitor = DriftMonitor(metadata)
+    label = drift_reference_label(ctx.settings)
+    if monitor.reference_label(DRIFT_STREAM) != label:  # first start, or another model: its answers become the normal
+        monitor.request_reference(DRIFT_STREAM, label=label)
+    return RagService(ctx.settings, metadata=metadata, drift=BufferedRecorder(monitor))

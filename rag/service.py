@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.answer import (
     ABSTAIN_TEXT,
@@ -36,8 +37,12 @@ from shared.ingestion import IngestPipeline, RunSummary, folder_source
 from shared.metadata import MetadataStore
 from shared.metadata.store import DocumentInfo
 
+if TYPE_CHECKING:
+    from shared.monitoring.drift import BufferedRecorder, DriftMonitor
+
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+DRIFT_STREAM = "rag"
 
 
 class AccessDenied(PermissionError):
@@ -74,6 +79,7 @@ class RagService:
         store: VectorStore | None = None,
         embedder_factory: Callable[[], Embedder] | None = None,
         generator: Generator | None = None,
+        drift: DriftMonitor | BufferedRecorder | None = None,
     ) -> None:
         self.settings = settings
         settings.ensure_home()
@@ -81,6 +87,7 @@ class RagService:
         self.store = store or open_vector_store(settings)
         self._embedder_factory = embedder_factory or (lambda: make_embedder(settings))
         self.generator = generator or make_generator(settings)
+        self.drift = drift  # optional: watches query length, top-1 score, abstentions, citations, ratings
         self.sparse = Bm25Encoder() if settings.hybrid else None
         self._query_embedder: Embedder | None = None
         self._pipeline: IngestPipeline | None = None
@@ -111,6 +118,9 @@ class RagService:
             return self._pipeline
 
     def close(self) -> None:
+        close_drift = getattr(self.drift, "close", None)
+        if callable(close_drift):
+            close_drift()  # a buffered recorder writes what is still waiting
         self.store.close()
         self.metadata.close()
 
@@ -173,16 +183,20 @@ class RagService:
         t0 = time.perf_counter()
         answer, citations, timing = self._retrieve(question, who, top_k)
         if answer is not None:
+            self._observe(answer, timing)
             return answer
         t1 = time.perf_counter()
         text = self.generator.generate(question, citations)
-        return self._finish(question, text, citations, timing, t0, t1)
+        final = self._finish(question, text, citations, timing, t0, t1)
+        self._observe(final, timing)
+        return final
 
     def ask_stream(self, question: str, who: Principal, *, top_k: int | None = None) -> Iterator[dict]:
         """Events: {"type": "citations"}, then {"type": "token"}…, then {"type": "done"}."""
         t0 = time.perf_counter()
         answer, citations, timing = self._retrieve(question, who, top_k)
         if answer is not None:
+            self._observe(answer, timing)
             yield {"type": "citations", "citations": []}
             yield {"type": "token", "text": answer.answer}
             yield {"type": "done", "answer": answer.model_dump()}
@@ -194,6 +208,7 @@ class RagService:
             parts.append(piece)
             yield {"type": "token", "text": piece}
         final = self._finish(question, "".join(parts).strip(), citations, timing, t0, t1)
+        self._observe(final, timing)
         yield {"type": "done", "answer": final.model_dump()}
 
     def _retrieve(self, question: str, who: Principal, top_k: int | None):
@@ -213,13 +228,13 @@ class RagService:
                     timings=Timings(embed_ms=got.embed_ms, search_ms=got.search_ms, total_ms=total),
                 ),
                 [],
-                (got.embed_ms, got.search_ms),
+                (got.embed_ms, got.search_ms, _top1(got.chunks)),
             )
-        return None, make_citations(relevant), (got.embed_ms, got.search_ms)
+        return None, make_citations(relevant), (got.embed_ms, got.search_ms, _top1(got.chunks))
 
     def _finish(self, question: str, text: str, citations, timing, t0: float, t1: float) -> Answer:
         t2 = time.perf_counter()
-        embed_ms, search_ms = timing
+        embed_ms, search_ms = timing[:2]
         # The LLM read the sources and found no answer: say so, and cite nothing.
         declined = self.generator.mode == "llm" and llm_abstained(text)
         return Answer(
@@ -237,7 +252,44 @@ class RagService:
         )
 
     def add_feedback(self, who: Principal, *, question: str, answer: str, rating: int, comment: str) -> int:
-        return self.metadata.add_feedback(user=who.name, question=question, answer=answer, rating=rating, comment=comment)
+        fid = self.metadata.add_feedback(user=who.name, question=question, answer=answer, rating=rating, comment=comment)
+        self._record_drift({"feedback_rating": [rating]})
+        return fid
+
+    # --- drift monitoring (optional) ---------------------------------------------------
+    def _observe(self, answer: Answer, timing: tuple) -> None:
+        """One answer's monitored values: query length (characters), top-1 score, abstained, citations."""
+        top1 = timing[2] if len(timing) > 2 else None
+        values: dict[str, list[float]] = {
+            "query_length": [len(answer.question)],
+            "abstained": [1.0 if answer.abstained else 0.0],
+            "citations": [len(answer.citations)],
+        }
+        if top1 is not None:
+            values["top1_score"] = [top1]
+        self._record_drift(values)
+
+    def _record_drift(self, values: dict[str, list[float]]) -> None:
+        if self.drift is None:
+            return
+        try:
+            self.drift.record_many(DRIFT_STREAM, values)
+        except Exception:  # monitoring must never cost a user their answer
+            log.exception("recording drift values of stream %s failed", DRIFT_STREAM)
+
+
+def drift_reference_label(settings: Settings) -> str:
+    """What the `rag` stream's reference belongs to: the embedding model and the answer generator.
+
+    Scores and abstentions change when either changes, so a new one asks for a new reference.
+    """
+    generator = f"llm:{settings.llm_model}" if settings.llm_base_url else "extractive"
+    return f"embedding:{settings.embedding_model} {generator}"[:256]
+
+
+def _top1(chunks: Sequence) -> float | None:
+    """The best retrieval score, abstentions included (a falling top-1 score is the drift to see)."""
+    return max((float(c.relevance) for c in chunks), default=None)
 
 
 def _can_read(who: Principal, doc: DocumentInfo) -> bool:

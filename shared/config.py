@@ -66,6 +66,12 @@ class Settings(BaseSettings):
         description="Model name at the endpoint.",
     )
     llm_timeout_s: float = 60.0
+    judge_base_url: str | None = Field(
+        None, description="OpenAI-compatible endpoint of the evaluation judge; llm_base_url if unset."
+    )
+    judge_model: str | None = Field(
+        None, description="Model that judges answers in `loopline eval rag`; llm_model if unset."
+    )
 
     # API
     api_keys_file: Path | None = Field(
@@ -76,6 +82,10 @@ class Settings(BaseSettings):
     upload_max_bytes: int = 20_000_000
     sync_folder: Path | None = Field(None, description="Folder that POST /v1/sync re-syncs.")
     sync_groups: str = Field("public", description="Comma-separated groups of the synced folder.")
+    metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve GET /metrics.")
+    metrics_token: SecretStr | None = Field(
+        None, description="Bearer token GET /metrics requires; unauthenticated if unset (expose to the scraper network only)."
+    )
 
     # Vision
     mlflow_tracking_uri: str | None = Field(
@@ -85,6 +95,15 @@ class Settings(BaseSettings):
     devices_file: Path | None = Field(None, description="YAML of device ids, fleets and tokens; home/devices.yaml if unset.")
     frame_max_bytes: int = Field(8_000_000, description="Largest frame upload accepted from a device.")
     train_threads: int | None = Field(None, description="CPU threads for training (all cores if unset).")
+
+    # Monitoring (alerts, freshness SLOs, run checks)
+    monitoring_file: Path | None = Field(
+        None, description="YAML of SLOs, thresholds, webhooks and alert actions; home/monitoring.yaml if unset."
+    )
+    alert_webhooks: str = Field("", description="Comma-separated URLs every alert is POSTed to (added to the file's).")
+    monitor_interval_s: float = Field(
+        300.0, ge=0, description="The API runs the monitoring checks this often; 0 turns the background check off."
+    )
 
     @property
     def resolved_devices_file(self) -> Path:

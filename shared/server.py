@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 
 from shared.auth import KeyRegistry, Principal
 from shared.config import Settings
+from shared.metrics import RequestMetricsMiddleware, ServiceMetrics, metrics_router
 
 log = logging.getLogger(__name__)
 LOCAL_ADMIN = "local-admin"
@@ -39,6 +40,7 @@ class AppContext:
     keys: KeyRegistry
     local_token: str | None = None
     plugins: list[ApiPlugin] = field(default_factory=list)
+    metrics: ServiceMetrics = field(default_factory=lambda: ServiceMetrics(enabled=False))
 
     def authenticate(self, request: Request) -> Principal:
         key = request.headers.get("x-api-key")
@@ -76,11 +78,14 @@ def create_app(
     plugins: Sequence[PluginFactory] | None = None,
     keys: KeyRegistry | None = None,
     local_token: str | None = None,
+    metrics: bool | None = None,
 ) -> FastAPI:
+    """The app; `metrics=False` (or LOOPLINE_METRICS_ENABLED=false) builds it without /metrics or recording."""
     ctx = AppContext(
         settings=settings,
         keys=keys if keys is not None else KeyRegistry.from_file(settings.resolved_api_keys_file),
         local_token=local_token,
+        metrics=ServiceMetrics.for_settings(settings, enabled=metrics),
     )
     if not len(ctx.keys):
         log.warning(
@@ -96,6 +101,7 @@ def create_app(
                 plugin.close()
             except Exception:
                 log.exception("closing plugin %s failed", plugin.name)
+        ctx.metrics.close()
 
     app = FastAPI(
         title="loopline",
@@ -105,6 +111,9 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    if ctx.metrics.enabled:
+        app.add_middleware(RequestMetricsMiddleware, metrics=ctx.metrics)
+        app.include_router(metrics_router(ctx.metrics, settings))
     for factory in plugins if plugins is not None else discover_plugins():
         plugin = factory(ctx)
         ctx.plugins.append(plugin)

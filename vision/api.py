@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Reques
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field, ValidationError
 
+from shared.metadata.store import MetadataStore
+from shared.monitoring.drift import DriftMonitor
 from shared.objectstore import LocalObjectStore, ObjectStore
 from shared.server import ApiPlugin, AppContext
 from vision.devices import Device, DeviceRegistry
@@ -91,6 +96,81 @@ class _Models:
         )
 
 
+def drift_stream(fleet: str) -> str:
+    """The monitored stream of a fleet's frames: `vision:FLEET`."""
+    return f"vision:{fleet}"
+
+
+_FEATURE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+MAX_DRIFT_FEATURES = 32
+MAX_CATEGORIES = 200
+
+
+class FleetDrift:
+    """Feeds the drift counts devices send with their uploads into the stream of their fleet.
+
+    Devices send running totals over fixed bins of frame quality (brightness, contrast,
+    sharpness, colour balance) and predictions (max score, detections, class) for *every*
+    frame they process, in `meta.metrics.drift`; the predictions of the uploaded frame itself
+    are not used, since selected frames are chosen for being unusual. References follow
+    promotions lazily: on an upload, at most every `recheck_s` per fleet, the fleet's
+    production version is read from the registry and, when it differs from the label of the
+    stream's reference, a new reference is requested — frozen from what arrives from then on,
+    once there is enough of it (so the new model's own predictions become the normal).
+    """
+
+    def __init__(
+        self,
+        monitor: DriftMonitor,
+        production: Callable[[str], str | None],
+        *,
+        recheck_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.monitor = monitor
+        self._production = production
+        self.recheck_s = recheck_s
+        self._clock = clock
+        self._next_check: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def feed(self, device_id: str, fleet: str, metrics: dict[str, Any]) -> float:
+        """Add what grew since the device's last upload; returns the number of observations added."""
+        payload = metrics.get("drift")
+        if not isinstance(payload, dict):
+            return 0.0
+        hist = {
+            k: v for k, v in list((payload.get("histograms") or {}).items())[:MAX_DRIFT_FEATURES]
+            if _FEATURE.match(str(k)) and isinstance(v, dict)
+        }
+        cats = {
+            k: {str(c)[:64]: n for c, n in list(v.items())[:MAX_CATEGORIES]} for k, v in list((payload.get("categories") or {}).items())[:MAX_DRIFT_FEATURES]
+            if _FEATURE.match(str(k)) and isinstance(v, dict)
+        }
+        stream = drift_stream(fleet)
+        try:
+            added = self.monitor.record_totals(
+                stream, source=device_id, epoch=str(payload.get("epoch") or "")[:64], histograms=hist, categories=cats
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("drift counts from device %s ignored: %s", device_id, exc)
+            return 0.0
+        self._follow_promotion(fleet)
+        return added
+
+    def _follow_promotion(self, fleet: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if now < self._next_check.get(fleet, float("-inf")):
+                return
+            self._next_check[fleet] = now + self.recheck_s
+        version = self._production(fleet)
+        stream = drift_stream(fleet)
+        if version is not None and self.monitor.reference_label(stream) != version:
+            self.monitor.request_reference(stream, label=version)
+            log.info("fleet %s runs version %s now: drift reference requested from the frames arriving from now on", fleet, version)
+
+
 def _names_of(path: Path) -> list[str]:
     import ast
 
@@ -101,7 +181,9 @@ def _names_of(path: Path) -> list[str]:
     return [names[k] for k in sorted(names)]
 
 
-def build_router(ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, models: _Models) -> APIRouter:
+def build_router(
+    ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, models: _Models, drift: FleetDrift | None = None
+) -> APIRouter:
     router = APIRouter(prefix="/v1/devices", tags=["edge devices"])
 
     def device(request: Request) -> Device:
@@ -127,6 +209,7 @@ def build_router(ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, 
         info, path = models.current(dev.fleet)
         if version != info.version or precision != info.precision:
             raise HTTPException(404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'")
+        ctx.metrics.record_download(dev.fleet, info.version)
         return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
 
     @router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
@@ -160,6 +243,12 @@ def build_router(ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, 
         frames.put(f"{key}.{ext}", data)
         record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h}
         frames.put(f"{key}.json", json.dumps(record).encode())  # written last: marks the frame complete
+        ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
+        if drift is not None:
+            try:
+                drift.feed(dev.id, dev.fleet, fm.metrics)
+            except Exception:  # monitoring must never refuse a frame
+                log.exception("drift counts of frame %s from %s not recorded", fm.frame_id, dev.id)
         log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)
         return {"id": key, "duplicate": False}
 
@@ -179,9 +268,24 @@ def _decoded_size(data: bytes) -> tuple[int, int]:
     return h, w
 
 
-def plugin(ctx: AppContext, *, devices: DeviceRegistry | None = None, registry=None) -> ApiPlugin:  # noqa: ANN001
+def plugin(
+    ctx: AppContext, *, devices: DeviceRegistry | None = None, registry=None, drift: DriftMonitor | None = None
+) -> ApiPlugin:
     """Entry point of the `loopline.api` group."""
     devs = devices if devices is not None else DeviceRegistry.from_file(ctx.settings.resolved_devices_file)
     frames = LocalObjectStore(ctx.settings.home / "frames")
-    router = build_router(ctx, devs, frames, _Models(ctx, registry))
-    return ApiPlugin(name="vision", router=router, ready=lambda: {"devices": len(devs)})
+    models = _Models(ctx, registry)
+    store: MetadataStore | None = None
+    if drift is None:
+        ctx.settings.ensure_home()
+        store = MetadataStore(ctx.settings.resolved_database_url)
+        drift = DriftMonitor(store)
+
+    def production(fleet: str) -> str | None:
+        mv = models.registry.production(fleet)
+        return mv.version if mv is not None else None
+
+    router = build_router(ctx, devs, frames, models, FleetDrift(drift, production))
+    return ApiPlugin(
+        name="vision", router=router, ready=lambda: {"devices": len(devs)}, close=store.close if store else lambda: None
+    )

@@ -257,12 +257,13 @@ def real_device_api(frames_dir: Path, models: object = None) -> Iterator[tuple[s
     from fastapi import FastAPI
     from live_server import serve_in_thread
 
+    from shared.metrics import ServiceMetrics
     from shared.objectstore import LocalObjectStore
     from vision.devices import Device, DeviceRegistry
 
     devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
     store = LocalObjectStore(frames_dir)
-    ctx = SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000))
+    ctx = SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000), metrics=ServiceMetrics(enabled=False))
     app = FastAPI()
     app.include_router(api.build_router(ctx, devices, store, models))
     with serve_in_thread(app) as url:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -96,7 +95,7 @@ def test_fleet_model_metadata_and_verified_download(central) -> None:
     assert hashlib.sha256(blob.content).hexdigest() == info["sha256"] and len(blob.content) == info["size"]
     # Another fleet's name, or a version that is not production, is refused.
     assert client.get("/v1/devices/model?fleet=line-2", headers=_auth(CAM1)).status_code == 403
-    wrong = client.get(f"/v1/devices/model/download?version=999&precision=fp32", headers=_auth(CAM1))
+    wrong = client.get("/v1/devices/model/download?version=999&precision=fp32", headers=_auth(CAM1))
     assert wrong.status_code == 404
 
 

@@ -1,0 +1,40 @@
+"""One JSON-ready picture of the system's health: drift, freshness, recent runs, open alerts.
+
+What `loopline monitor status --json` prints and `GET /v1/monitoring/status` answers. It
+only reads (running the rules is `rules.Monitor.check`), so asking for the status never
+opens or resolves an alert.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+
+from shared.config import Settings
+from shared.metadata.store import MetadataStore
+from shared.monitoring.alert_store import AlertStore
+from shared.monitoring.clock import Clock, resolve_now
+from shared.monitoring.freshness import freshness
+from shared.monitoring.monitoring_config import MonitoringConfig, load_monitoring_config
+from shared.monitoring.pipelines import recent_runs
+from shared.monitoring.rules import drift_status_dict, drift_statuses
+
+
+def monitoring_status(
+    store: MetadataStore,
+    *,
+    settings: Settings,
+    now: datetime | float | None = None,
+    config: MonitoringConfig | None = None,
+    clock: Clock = time.time,
+) -> dict:
+    """{checked_at, drift, freshness, recent_runs, alerts}, every value JSON-serialisable."""
+    config = config or load_monitoring_config(settings)
+    now = resolve_now(now, clock)
+    return {
+        "checked_at": now.isoformat(),
+        "drift": [drift_status_dict(s) for s in drift_statuses(store, config.drift, clock)],
+        "freshness": [f.model_dump(mode="json") for f in freshness(store, config.freshness, now=now)],
+        "recent_runs": [r.model_dump(mode="json") for r in recent_runs(store, limit=20, now=now)],
+        "alerts": [a.model_dump(mode="json") for a in AlertStore(store).open_alerts()],
+    }
