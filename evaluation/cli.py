@@ -77,7 +77,7 @@ def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top
     from evaluation.eval_report import rag_report
     from evaluation.rag_eval import evaluate_rag, load_qa, make_judge
     from rag.cli import (
-        _backend,  # the same local-or-running-service choice as `loopline rag ask`
+        open_backend,  # the same local-or-running-service choice as `loopline rag ask`
     )
     from rag.models import Answer
     from shared.auth import KeyRegistry, Principal
@@ -99,7 +99,7 @@ def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top
     k = top_k or settings.top_k
     logging.getLogger("absl").setLevel(logging.WARNING)  # rouge_score's tokenizer notes
 
-    with _backend(settings) as (kind, backend):
+    with open_backend(settings) as (kind, backend):
         if kind == "remote":
             def ask(question: str) -> Answer:
                 return Answer.model_validate(backend.ask(question, user, k))  # type: ignore[attr-defined]

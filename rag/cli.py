@@ -45,7 +45,7 @@ class _Remote:
 
 
 @contextmanager
-def _backend(settings: Settings) -> Iterator[tuple[str, object]]:
+def open_backend(settings: Settings) -> Iterator[tuple[str, object]]:
     """('local', RagService) or ('remote', _Remote) when a service owns the stores."""
     from rag.service import RagService
     from rag.vectorstore import StoreLocked
@@ -85,7 +85,7 @@ def ingest(path: Path, groups: str, as_json: bool) -> None:
 
     settings = Settings()
     group_list = _split_groups(groups)
-    with _backend(settings) as (kind, backend):
+    with open_backend(settings) as (kind, backend):
         if kind == "remote":
             summary = backend.ingest(path, group_list)  # type: ignore[attr-defined]
         else:
@@ -134,7 +134,7 @@ def ask(question: str | None, user: str | None, top_k: int | None, batch: Path |
         raise click.UsageError("give either a QUESTION or --batch FILE.jsonl")
     settings = Settings()
     items: list[dict] = [{"id": None, "question": question}] if question else _read_batch(batch)  # type: ignore[arg-type]
-    with _backend(settings) as (kind, backend):
+    with open_backend(settings) as (kind, backend):
         who = Principal(name="local-admin", admin=True)
         if user and kind == "local":
             found = KeyRegistry.from_file(settings.resolved_api_keys_file).user(user)

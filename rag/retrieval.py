@@ -17,6 +17,9 @@ from rag.sparse import Bm25Encoder
 from rag.vectorstore import CollectionInfo, EmbeddingMismatch, SearchHit, VectorStore
 
 
+TIE_MARGIN = 5  # extra hits fetched so that ties at the cut are decided by similarity
+
+
 @dataclass
 class Retrieved:
     hit: SearchHit
@@ -54,13 +57,15 @@ class Retriever:
             qvec,
             sparse=self.sparse.query(question) if self.sparse else None,
             groups=groups,
-            limit=top_k,
+            limit=top_k + TIE_MARGIN,
             with_vectors=True,
         )
         t2 = time.perf_counter()
         chunks = [Retrieved(hit=h, relevance=_dot(qvec, h.vector) if h.vector else h.score) for h in hits]
-        # RRF often ties (equal ranks in both lists): break ties by similarity, repeatably.
-        chunks.sort(key=lambda r: (-r.hit.score, -r.relevance))
+        # RRF often ties (equal ranks in both lists), and the engine cuts ties arbitrarily:
+        # fetch a few more, break ties by similarity, then cut — the same answer every run.
+        chunks.sort(key=lambda r: (-round(r.hit.score, 9), -r.relevance, r.hit.id))
+        chunks = chunks[:top_k]
         return Retrieval(chunks=chunks, embed_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
 
 

@@ -153,24 +153,17 @@ def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json:
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model: str, data: Path, split: str, as_json: bool) -> None:
     """mAP50, mAP50-95 and per-class figures of MODEL (a version, or a .pt/.onnx file)."""
+    from evaluation.model_eval import resolve_model
     from evaluation.vision import evaluate_detector
-    from vision.training import model_dir
     from vision.yolo_env import prepare_ultralytics
 
     settings = Settings()
     prepare_ultralytics(settings.home, settings.train_threads)
-    path = Path(model)
-    imgsz = None
-    if not path.exists():
-        _, registry = _stores(settings)
-        try:
-            mv = registry.get(model)
-        except LookupError as exc:
-            raise click.ClickException(f"{model}: neither a model file nor a registered version") from exc
-        path = model_dir(settings, mv.version) / "best.pt"
-        if not path.exists():
-            path = registry.download(mv.version, "weights/best.pt", path.parent)
-        imgsz = int(mv.tags.get("imgsz", 0)) or None
+    try:
+        resolved = resolve_model(settings, model)
+    except LookupError as exc:
+        raise click.ClickException(str(exc)) from exc
+    path, imgsz = resolved.path, resolved.imgsz
     with _stdout_to_stderr():
         res = evaluate_detector(path, data, split=split, imgsz=imgsz)
     per = ", ".join(f"{k} {v['ap50']:.3f}" for k, v in res["per_class"].items())
