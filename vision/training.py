@@ -9,6 +9,7 @@ registered as a new model version, so every production model can be rebuilt from
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -92,6 +93,15 @@ def train_detector(
         runs = settings.home / "runs"
         name = f"train-{int(time.time())}"
         yolo = YOLO(base, task="detect")
+        threads = settings.train_threads or os.cpu_count() or 1
+
+        def use_all_threads(_trainer) -> None:  # noqa: ANN001
+            # ultralytics resets torch to cpu_count - 1 threads (1 on 2 cores) when it picks
+            # the device; put the configured count back once training is set up.
+            torch.set_num_threads(threads)
+
+        yolo.add_callback("on_pretrain_routine_end", use_all_threads)
+        yolo.add_callback("on_train_epoch_start", use_all_threads)
         yolo.train(
             data=str(dataset.data_yaml),
             epochs=epochs,
