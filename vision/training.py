@@ -90,7 +90,7 @@ def train_detector(
                     "(e.g. yolov8n.yaml) or fine-tune with --from VERSION"
                 )
             base, base_desc = model, model
-        runs = settings.home / "runs"
+        runs = settings.home.resolve() / "runs"  # ultralytics puts relative projects under its own runs/
         name = f"train-{int(time.time())}"
         yolo = YOLO(base, task="detect")
         threads = settings.train_threads or os.cpu_count() or 1
