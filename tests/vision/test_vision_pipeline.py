@@ -110,3 +110,16 @@ def test_training_refuses_pretrained_names_that_would_download(env, data) -> Non
     result = CliRunner().invoke(main, ["vision", "train", "--data", str(data), "--model", "yolov8n.pt", "--epochs", "1"], env=env)
     assert result.exit_code != 0
     assert "downloaded" in str(result.exception) or "downloaded" in result.output
+
+
+def test_training_with_a_relative_home_keeps_everything_under_it(
+    data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The default LOOPLINE_HOME is relative (./.loopline); ultralytics must not re-root it."""
+    monkeypatch.chdir(tmp_path)
+    env = {"LOOPLINE_HOME": ".loopline", "LOOPLINE_TRAIN_THREADS": "2"}
+    out = json.loads(run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json"))
+    weights = (tmp_path / out["weights"]).resolve()
+    assert weights.exists()
+    assert weights.is_relative_to((tmp_path / ".loopline").resolve())
+    assert (tmp_path / ".loopline" / "runs").is_dir()
