@@ -52,7 +52,9 @@ def main() -> int:
     click.echo(f"version {res.version} promoted to production")
 
     from edge.detector import Detector
+    from edge.quality import frame_quality
     from edge.selection import default_selector
+    from shared.monitoring.psi import psi, psi_status
 
     model = out["onnx"][out["preferred"]]
     det = Detector(model, conf=0.25)
@@ -60,6 +62,7 @@ def main() -> int:
     rng = np.random.default_rng(99)
     click.echo(click.style("\nedge runtime over a stream of 24 new plates (the last 8 under a lighting shift):", bold=True))
     kept = 0
+    brightness: list[float] = []
     for i in range(24):
         shift = Shift(brightness=70, contrast=0.6) if i >= 16 else Shift()
         frame, truth = render_plate(rng, 160, shift)
@@ -67,11 +70,19 @@ def main() -> int:
         dets = det.detect(frame)
         ms = (time.perf_counter() - t) * 1000
         selected, reason = selector.decide(frame, dets, time.time())
+        brightness.append(frame_quality(frame)["brightness"])
         kept += selected
         found = ", ".join(f"{d.name} {d.score:.2f}" for d in dets) or "nothing"
         mark = click.style(f"  → kept for labeling ({reason})", fg="yellow") if selected else ""
         click.echo(f"  frame {i:02d}{' [shifted]' if shift.brightness else '          '} {ms:5.1f} ms  truth {len(truth)}  found: {found}{mark}")
-    click.echo(f"\n{kept} of 24 frames kept for labeling. Done in {time.perf_counter() - t0:.0f}s.")
+    click.echo(f"\n{kept} of 24 frames kept for labeling.")
+    value = psi(brightness[:16], brightness[16:])
+    click.echo(
+        f"Frame brightness drift, shifted frames vs the first 16 (PSI, computed from device features): "
+        f"{value:.2f} → {psi_status(value)}. The model goes blind under the new lighting; monitoring, "
+        "not frame selection, is what catches it (`loopline monitor status`)."
+    )
+    click.echo(f"Done in {time.perf_counter() - t0:.0f}s.")
     store.close()
     return 0
 
