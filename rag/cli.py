@@ -29,12 +29,21 @@ class _Remote:
     def __init__(self, url: str, token: str) -> None:
         import httpx
 
-        self.client = httpx.Client(base_url=url, headers={"X-API-Key": token}, timeout=None)
+        self.client = httpx.Client(base_url=url, headers={"X-API-Key": token}, timeout=httpx.Timeout(10.0, read=3600.0))
 
     def _post(self, path: str, body: dict) -> dict:
-        resp = self.client.post(path, json=body)
+        import httpx
+
+        try:
+            resp = self.client.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise click.ClickException(f"the running service did not answer: {exc}") from exc
         if resp.status_code >= 400:
-            raise click.ClickException(f"service answered {resp.status_code}: {resp.json().get('detail', resp.text)}")
+            try:
+                detail = resp.json().get("detail", resp.text)
+            except ValueError:  # a proxy's or a crash's plain-text page
+                detail = resp.text[:500]
+            raise click.ClickException(f"service answered {resp.status_code}: {detail}")
         return resp.json()
 
     def ingest(self, path: Path, groups: list[str]) -> dict:

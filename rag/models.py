@@ -70,8 +70,8 @@ class RunOut(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    question: str = Field(min_length=1)
-    answer: str = ""
+    question: str = Field(min_length=1, max_length=4000)
+    answer: str = Field("", max_length=20000)
     rating: int = Field(ge=-1, le=5, description="-1/1 thumbs, or 1-5 stars.")
     comment: str = Field("", max_length=4000)
 

@@ -91,7 +91,7 @@ class RagService:
         self.sparse = Bm25Encoder() if settings.hybrid else None
         self._query_embedder: Embedder | None = None
         self._pipeline: IngestPipeline | None = None
-        self._ingest_lock = threading.Lock()
+        self._ingest_lock = threading.RLock()  # uploads hold it across write and ingest
         self._init_lock = threading.Lock()
 
     # --- composition -----------------------------------------------------------------
@@ -151,10 +151,11 @@ class RagService:
         name = sanitize_filename(filename)
         target = folder / name
         tmp = folder / f".{name}.part"
-        tmp.write_bytes(data)
-        tmp.replace(target)
-        run = self.ingest(target, groups, kind="upload")
-        return self.metadata.find_document(folder_source(folder), name), run
+        with self._ingest_lock:  # two uploads of one name must not swap contents and groups
+            tmp.write_bytes(data)
+            tmp.replace(target)
+            run = self.ingest(target, groups, kind="upload")
+            return self.metadata.find_document(folder_source(folder), name), run
 
     # --- documents -------------------------------------------------------------------
     def list_documents(self, who: Principal) -> list[DocumentInfo]:

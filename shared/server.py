@@ -47,7 +47,7 @@ class AppContext:
         auth = request.headers.get("authorization", "")
         if not key and auth.lower().startswith("bearer "):
             key = auth[7:].strip()
-        if key and self.local_token and hmac.compare_digest(key, self.local_token):
+        if key and self.local_token and hmac.compare_digest(key.encode(), self.local_token.encode()):
             return Principal(name=LOCAL_ADMIN, admin=True)
         who = self.keys.authenticate(key)
         if who is None:
@@ -60,6 +60,30 @@ class AppContext:
 
 
 PluginFactory = Callable[[AppContext], ApiPlugin]
+
+
+class BodySizeLimit:
+    """Refuse a request whose declared body is over the limit before anything reads it.
+
+    FastAPI parses (and spools) a body before auth dependencies run, so without this an
+    anonymous client could make the server write any amount to disk. Bodies sent without a
+    Content-Length are bounded by the handlers' own limits.
+    """
+
+    def __init__(self, app, max_bytes: int) -> None:  # noqa: ANN001
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope, receive, send) -> None:  # noqa: ANN001
+        if scope["type"] == "http":
+            for name, value in scope.get("headers", ()):
+                if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+                    response = JSONResponse(
+                        {"detail": f"request body is over the limit of {self.max_bytes:,} bytes"}, status_code=413
+                    )
+                    await response(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def discover_plugins() -> list[PluginFactory]:
@@ -111,6 +135,8 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    body_limit = max(settings.upload_max_bytes, settings.frame_max_bytes) + (1 << 20)  # + multipart framing
+    app.add_middleware(BodySizeLimit, max_bytes=body_limit)
     if ctx.metrics.enabled:
         app.add_middleware(RequestMetricsMiddleware, metrics=ctx.metrics)
         app.include_router(metrics_router(ctx.metrics, settings))
@@ -130,7 +156,8 @@ def create_app(
             for plugin in ctx.plugins:
                 details[plugin.name] = plugin.ready()
         except Exception as exc:  # a store that fails its check makes the service unready
-            return JSONResponse({"status": "unready", "error": f"{type(exc).__name__}: {exc}"}, status_code=503)
+            log.exception("readiness check failed")
+            return JSONResponse({"status": "unready", "error": type(exc).__name__}, status_code=503)
         return {"status": "ready", **details}
 
     return app

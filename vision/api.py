@@ -259,13 +259,24 @@ def _decoded_size(data: bytes) -> tuple[int, int]:
     import cv2
     import numpy as np
 
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)")
-    h, w = img.shape[:2]
+    from io import BytesIO
+
+    from PIL import Image, UnidentifiedImageError
+
+    # Check the header's dimensions before decoding: a small PNG can claim gigapixels.
+    try:
+        with Image.open(BytesIO(data)) as header:
+            w, h = header.size
+    except Image.DecompressionBombError:
+        raise HTTPException(422, detail=f"frame claims too many pixels; sides must be between 8 and {MAX_SIDE} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)") from None
     if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
         raise HTTPException(422, detail=f"frame is {w}x{h}; sides must be between 8 and {MAX_SIDE} pixels")
-    return h, w
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if img is None:
+        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)")
+    return img.shape[0], img.shape[1]
 
 
 def plugin(
