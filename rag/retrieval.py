@@ -38,8 +38,13 @@ class Retriever:
         self.store = store
         self.embedder = embedder
         self.sparse = sparse
+        self._model_checked = False
 
     def check_model(self) -> None:
+        """Refuse to query a collection built with another model; checked once it exists
+        (reading the collection's record on every query would be I/O on the hot path)."""
+        if self._model_checked:
+            return
         info = self.store.collection_info()
         mine = CollectionInfo(self.embedder.name, self.embedder.dim)
         if info is not None and info != mine:
@@ -47,6 +52,7 @@ class Retriever:
                 f"the index was built with '{info.embedding_model}' (dim {info.dim}) but queries "
                 f"would be embedded with '{mine.embedding_model}' (dim {mine.dim}); refusing to answer"
             )
+        self._model_checked = info is not None
 
     def retrieve(self, question: str, *, groups: Sequence[str] | None, top_k: int) -> Retrieval:
         self.check_model()

@@ -91,6 +91,7 @@ class RagService:
         self.sparse = Bm25Encoder() if settings.hybrid else None
         self._query_embedder: Embedder | None = None
         self._pipeline: IngestPipeline | None = None
+        self._retriever: Retriever | None = None
         self._ingest_lock = threading.RLock()  # uploads hold it across write and ingest
         self._init_lock = threading.Lock()
 
@@ -101,6 +102,15 @@ class RagService:
             if self._query_embedder is None:
                 self._query_embedder = self._embedder_factory()
             return self._query_embedder
+
+    @property
+    def retriever(self) -> Retriever:
+        """One retriever per service: the model loads and the collection is checked once."""
+        embedder = self.query_embedder
+        with self._init_lock:
+            if self._retriever is None:
+                self._retriever = Retriever(self.store, embedder, self.sparse)
+            return self._retriever
 
     @property
     def pipeline(self) -> IngestPipeline:
@@ -213,7 +223,7 @@ class RagService:
         yield {"type": "done", "answer": final.model_dump()}
 
     def _retrieve(self, question: str, who: Principal, top_k: int | None):
-        retriever = Retriever(self.store, self.query_embedder, self.sparse)  # loads the model once
+        retriever = self.retriever
         t0 = time.perf_counter()
         got = retriever.retrieve(question, groups=who.readable_groups, top_k=top_k or self.settings.top_k)
         relevant = [r for r in got.chunks if r.relevance >= self.settings.min_relevance]
