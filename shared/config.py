@@ -45,6 +45,21 @@ class Settings(BaseSettings):
     chunk_size: int = Field(200, ge=32, le=256)
     chunk_overlap: int = Field(30, ge=0)
     max_file_bytes: int = Field(20_000_000, description="Larger files are dead-lettered.")
+    max_unpacked_bytes: int = Field(
+        50_000_000, description="Largest decompressed size of a DOCX's parts; larger ones are dead-lettered."
+    )
+    max_document_chars: int = Field(
+        2_000_000, description="Most characters of text one document may yield; more are dead-lettered."
+    )
+    max_document_chunks: int = Field(5_000, description="Most chunks one document may yield; more are dead-lettered.")
+    parse_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds one file may take to load and chunk (in a worker process) before it is dead-lettered."
+    )
+    ingest_roots: str = Field(
+        "",
+        description="Comma-separated folders under which API callers may ingest server paths "
+        "(POST /v1/admin/ingest); none if empty. The local CLI hand-off is not limited.",
+    )
 
     # Retrieval and answers
     hybrid: bool = Field(True, description="Fuse dense and BM25 sparse retrieval with RRF.")
@@ -94,6 +109,12 @@ class Settings(BaseSettings):
     registered_model: str = Field("loopline-detector", description="Registered model name of the detector.")
     devices_file: Path | None = Field(None, description="YAML of device ids, fleets and tokens; home/devices.yaml if unset.")
     frame_max_bytes: int = Field(8_000_000, description="Largest frame upload accepted from a device.")
+    frame_max_pixels: int = Field(
+        16_777_216, description="Most pixels (width × height) a device frame may have; larger ones are refused (413)."
+    )
+    frame_decode_concurrency: int = Field(
+        2, ge=1, description="Frames decoded at once; further uploads wait their turn."
+    )
     train_threads: int | None = Field(None, description="CPU threads for training (all cores if unset).")
 
     # Monitoring (alerts, freshness SLOs, run checks)
