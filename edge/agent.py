@@ -4,7 +4,8 @@ The main thread runs the detector on the source's frames, records metrics and as
 selector; selected frames are JPEG-encoded into the durable outbox. A background thread
 drains the outbox to central and polls for model updates, so a slow or down network never
 stalls inference. The detector is rebuilt in the main thread when the updater switches
-models; a model that keeps failing at run time is reported and rolled back.
+models; a model that keeps failing at run time is reported and rolled back. The command
+locks its home first: one agent per home, or two would ship one outbox twice.
 
 `agent` is the click command `loopline edge agent` (registered by edge/cli.py).
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -21,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import click
 import cv2
@@ -262,6 +264,37 @@ class DeviceAgent:
 
 
 # --- wiring and the CLI command -----------------------------------------------------------
+LOCK_FILE = "agent.lock"
+
+
+def lock_home(home: Path) -> IO[str]:
+    """Claim HOME for this process: the returned file holds an exclusive flock until closed.
+
+    Two agents on one home would drain one outbox twice and swap each other's models. The
+    lock dies with its process, even on kill -9, so a crash never leaves a home locked; the
+    file keeps the holder's pid only to name it in the error.
+    """
+    import fcntl  # POSIX: devices run Linux
+
+    path = home / LOCK_FILE
+    fh = open(path, "a+")  # noqa: SIM115 - held open for the life of the agent
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        fh.seek(0)
+        holder = fh.read().strip() or "unknown"
+        fh.close()
+        raise click.ClickException(
+            f"home {home} is in use by another agent (pid {holder}; lock {path}): two agents on one home upload "
+            f"the same frames twice. Stop that agent, or give this one its own --home."
+        ) from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"{os.getpid()}\n")
+    fh.flush()
+    return fh
+
+
 def device_id_for(home: Path, given: str | None) -> str:
     """The device's id: central only accepts frames under the id registered with its token,
     so it cannot be invented here. Given once, it is kept in HOME/device_id."""
@@ -283,7 +316,8 @@ def device_id_for(home: Path, given: str | None) -> str:
 @click.option("--token", required=True, envvar="LOOPLINE_DEVICE_TOKEN", help="Device token (or LOOPLINE_DEVICE_TOKEN).")
 @click.option("--fleet", required=True, help="Fleet whose model this device runs.")
 @click.option("--source", "source_spec", required=True, help="Camera index, video file, image folder or stream URL.")
-@click.option("--home", required=True, type=click.Path(file_okay=False, path_type=Path), help="Device state folder.")
+@click.option("--home", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Device state folder; locked while the agent runs (one agent per home).")
 @click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Detector confidence threshold.")
 @click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help='JSON frame selection: {"rules": [{"type", "name", ...}], "per_minute", "per_day", "dedup_distance"} '
@@ -304,8 +338,6 @@ def agent(
     )
     from edge.sources import SourceError, open_source
 
-    home.mkdir(parents=True, exist_ok=True)
-    device_id = device_id_for(home, device_id)
     metrics = Metrics()
 
     def factory(path: Path) -> Detector:
@@ -321,7 +353,10 @@ def agent(
             selector = default_selector(conf)
     except (ValueError, OSError) as exc:  # JSON and config errors are ValueErrors, listing every problem
         raise click.ClickException(f"--rules {rules_file}: {exc}") from exc
+    home.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as cleanup:
+        cleanup.enter_context(lock_home(home))  # before anything in the home is read or written
+        device_id = device_id_for(home, device_id)
         try:
             frames = open_source(source_spec)
         except SourceError as exc:

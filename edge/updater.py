@@ -5,8 +5,9 @@
 central (an absolute URL is used as is). A new version is downloaded to a temp file in the
 models folder, checked (size, sha256), test-loaded by the injected `loader(path)` and only
 then made current by replacing the `current` pointer file (os.replace); the old pointer
-becomes `previous`. A version that failed to load or failed at run time is remembered in
-`rejected.json` and not installed again (a republished fix has a new sha256). Everything
+becomes `previous`. A version that failed to load, failed at run time or whose download did
+not match its announced sha256 is remembered in `rejected.json` and neither downloaded nor
+installed again (a republished fix has a new sha256); cut or oversized transfers are retried. Everything
 is on disk, so a restarted device resumes with the right model. It does not run models
 itself: `loader` and the agent's detector factory do.
 """
@@ -59,7 +60,7 @@ class UpdateStatus(str, Enum):
     UP_TO_DATE = "up_to_date"
     UPDATED = "updated"
     REJECTED = "rejected"  # this version failed a check; the current model is kept
-    SKIPPED = "skipped"  # a version rejected before (load or run-time failure)
+    SKIPPED = "skipped"  # a version rejected before (sha256 mismatch, load or run-time failure)
     NO_MODEL = "no_model"  # central has no model for this fleet (404)
     UNAVAILABLE = "unavailable"  # central unreachable or erroring; try again later
 
@@ -169,6 +170,8 @@ class ModelUpdater:
             return UpdateResult(UpdateStatus.UNAVAILABLE, version, str(exc))
         except _BadDownload as exc:
             part.unlink(missing_ok=True)
+            if isinstance(exc, _WrongContent):  # the same bytes come again on every poll: not worth a retry
+                self._reject(version, sha, str(exc))
             log.error("model %s rejected: %s; keeping %s", version, exc, self._describe_current())
             return UpdateResult(UpdateStatus.REJECTED, version, str(exc))
         try:
@@ -271,7 +274,7 @@ class ModelUpdater:
         if got != size:
             raise _BadDownload(f"truncated download: {got} of {size} bytes")
         if h.hexdigest() != sha:
-            raise _BadDownload(f"sha256 mismatch: got {h.hexdigest()}, manifest says {sha}")
+            raise _WrongContent(f"sha256 mismatch: got {h.hexdigest()}, manifest says {sha}")
 
     # --- disk ------------------------------------------------------------------------
     def _read_pointer(self, name: str) -> ModelInfo | None:
@@ -331,6 +334,10 @@ class _Unavailable(Exception):
 
 class _BadDownload(Exception):
     pass
+
+
+class _WrongContent(_BadDownload):
+    """Every byte arrived, but not the announced ones."""
 
 
 def _manifest_problem(m: Any) -> str | None:

@@ -2,12 +2,15 @@
 
 Devices authenticate with their token (`Authorization: Bearer …`) and only ever act as
 themselves: a device downloads only its fleet's production model and uploads only frames
-under its own id. Frame uploads are idempotent on `frame_id` (devices retry), validated
-for type, size and dimensions, and stored through the object store port.
+under its own id. Frame uploads are validated first (type, size, pixels, a full decode, a
+bounded number at a time), then stored through the object store port, idempotent on
+`frame_id`: devices retry, so the same bytes again are a 200 duplicate (counted once, also
+when retries race), while other bytes under a stored id are a 409, never a silent overwrite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import re
@@ -18,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
 from shared.metadata.store import MetadataStore
@@ -81,7 +84,7 @@ class _Models:
             raise HTTPException(
                 409, detail=f"version {mv.version} has no exported {precision} ONNX model: run `loopline vision export {mv.version}`"
             )
-        names = _names_of(path)
+        names = _readable_names(path, mv.version, precision, mv.tags.get(f"onnx.{precision}.size"))
         return (
             ModelInfo(
                 version=mv.version,
@@ -171,6 +174,27 @@ class FleetDrift:
             log.info("fleet %s runs version %s now: drift reference requested from the frames arriving from now on", fleet, version)
 
 
+def _readable_names(path: Path, version: str, precision: str, recorded_size: str | None) -> list[str]:
+    """The class names of an exported model, or 409 when the file is not the one export wrote:
+    a truncated or corrupt file is the operator's to fix, like a missing export, not a 500."""
+    redo = f"run `loopline vision export {version}` again"
+    size = path.stat().st_size
+    if recorded_size is not None and recorded_size.isdigit() and int(recorded_size) != size:
+        raise HTTPException(
+            409, detail=f"version {version}: {path.name} is {size:,} bytes, export wrote {int(recorded_size):,} "
+            f"(truncated or replaced): {redo}"
+        )
+    from google.protobuf.message import DecodeError
+
+    try:
+        return _names_of(path)
+    except (DecodeError, OSError, ValueError, SyntaxError, TypeError, KeyError) as exc:
+        log.error("version %s: exported model %s is unreadable: %s", version, path, exc)
+        raise HTTPException(
+            409, detail=f"version {version}: {path.name} is not a readable ONNX model ({type(exc).__name__}): {redo}"
+        ) from None
+
+
 def _names_of(path: Path) -> list[str]:
     import ast
 
@@ -185,6 +209,7 @@ def build_router(
     ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, models: _Models, drift: FleetDrift | None = None
 ) -> APIRouter:
     router = APIRouter(prefix="/v1/devices", tags=["edge devices"])
+    decoder = FrameDecoder(ctx.settings.frame_max_pixels, ctx.settings.frame_decode_concurrency)
 
     def device(request: Request) -> Device:
         auth = request.headers.get("authorization", "")
@@ -223,14 +248,9 @@ def build_router(
         except ValidationError as exc:
             err = exc.errors()[0]
             field = ".".join(str(p) for p in err["loc"]) or "meta"
-            raise HTTPException(422, detail=f"meta: field '{field}' {err['msg'].lower()}") from exc
+            raise HTTPException(422, detail=f"meta: field '{field}' {_sentence_case(err['msg'])}") from exc
         if fm.device_id != dev.id:
             raise HTTPException(403, detail=f"this token belongs to device '{dev.id}', not '{fm.device_id}'")
-        key = f"{dev.id}/{fm.frame_id}"
-        if frames.exists(f"{key}.json"):
-            from fastapi.responses import JSONResponse
-
-            return JSONResponse({"id": key, "duplicate": True}, status_code=200)
         limit = ctx.settings.frame_max_bytes
         data = image.file.read(limit + 1)
         if len(data) > limit:
@@ -238,11 +258,13 @@ def build_router(
         kind = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
         if kind is None:
             raise HTTPException(415, detail="frame must be a JPEG or PNG image")
-        h, w = _decoded_size(data)
+        h, w = decoder.size(data)
+        key = f"{dev.id}/{fm.frame_id}"
         ext = "jpg" if kind == "image/jpeg" else "png"
-        frames.put(f"{key}.{ext}", data)
-        record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h}
-        frames.put(f"{key}.json", json.dumps(record).encode())  # written last: marks the frame complete
+        sha = hashlib.sha256(data).hexdigest()
+        record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h, "sha256": sha}
+        if not _store_once(frames, key, data, sha, record):
+            return JSONResponse({"id": key, "duplicate": True}, status_code=200)
         ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
         if drift is not None:
             try:
@@ -255,28 +277,99 @@ def build_router(
     return router
 
 
-def _decoded_size(data: bytes) -> tuple[int, int]:
-    import cv2
-    import numpy as np
+def _sentence_case(message: str) -> str:
+    """pydantic's message with its first letter lowered: patterns and values stay as written."""
+    return message[:1].lower() + message[1:]
 
-    from io import BytesIO
 
-    from PIL import Image, UnidentifiedImageError
+def _store_once(frames: ObjectStore, key: str, data: bytes, sha: str, record: dict[str, Any]) -> bool:
+    """Store a validated frame unless its id is taken; True when this request stored it.
 
-    # Check the header's dimensions before decoding: a small PNG can claim gigapixels.
+    The image and then its record are each created only if absent, so of racing retries
+    exactly one stores (and is counted) and the others are duplicates. The same id with other
+    bytes is a 409, and the loser of such a race removes the image it created.
+    """
+    record_key, image_key = f"{key}.json", record["image"]
+    if frames.exists(record_key):  # the common retry: answered without writing anything
+        return _same_frame(frames, key, sha)
+    created = frames.put_if_absent(image_key, data)
+    if not created and frames.get(image_key) != data:
+        raise _conflict(key, _sha_of_record(frames, record_key) or hashlib.sha256(frames.get(image_key)).hexdigest(), sha)
+    if frames.put_if_absent(record_key, json.dumps(record).encode()):  # written last: marks the frame complete
+        return True
     try:
-        with Image.open(BytesIO(data)) as header:
-            w, h = header.size
-    except Image.DecompressionBombError:
-        raise HTTPException(422, detail=f"frame claims too many pixels; sides must be between 8 and {MAX_SIDE} pixels") from None
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)") from None
-    if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
-        raise HTTPException(422, detail=f"frame is {w}x{h}; sides must be between 8 and {MAX_SIDE} pixels")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None:
-        raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)")
-    return img.shape[0], img.shape[1]
+        return _same_frame(frames, key, sha)
+    except HTTPException:
+        if created:
+            frames.delete(image_key)
+        raise
+
+
+def _same_frame(frames: ObjectStore, key: str, sha: str) -> bool:
+    """False (a duplicate) when the stored frame `key` has these bytes; 409 otherwise."""
+    stored = _sha_of_record(frames, f"{key}.json")
+    if stored != sha:
+        raise _conflict(key, stored, sha)
+    return False
+
+
+def _sha_of_record(frames: ObjectStore, record_key: str) -> str | None:
+    """The sha256 of a stored frame's image (hashed from the image for records that predate it)."""
+    if not frames.exists(record_key):
+        return None
+    record = json.loads(frames.get(record_key))
+    return record.get("sha256") or hashlib.sha256(frames.get(record["image"])).hexdigest()
+
+
+def _conflict(key: str, stored: str | None, sha: str) -> HTTPException:
+    was = f" (sha256 {stored[:12]}…)" if stored else ""
+    return HTTPException(
+        409,
+        detail=f"frame {key} is already stored with different content{was} than this upload (sha256 {sha[:12]}…): "
+        "a frame id names one image; give a new image a new frame_id",
+    )
+
+
+class FrameDecoder:
+    """Checks a frame's header against the pixel cap, then decodes it, `concurrency` at a time.
+
+    A 200 KB PNG can claim 8192x8192 pixels, about 200 MB once decoded: the header (no pixels
+    read) is checked first, and the semaphore bounds what decodes in flight hold together.
+    """
+
+    def __init__(self, max_pixels: int, concurrency: int) -> None:
+        self.max_pixels = max_pixels
+        self._slots = threading.BoundedSemaphore(concurrency)
+
+    def size(self, data: bytes) -> tuple[int, int]:
+        """(height, width) of a fully decodable frame; HTTPException 413/422 otherwise."""
+        from io import BytesIO
+
+        import cv2
+        import numpy as np
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(BytesIO(data)) as header:
+                w, h = header.size
+        except Image.DecompressionBombError:
+            raise HTTPException(422, detail=f"frame claims too many pixels; sides must be between 8 and {MAX_SIDE} pixels") from None
+        except (UnidentifiedImageError, OSError, ValueError):
+            raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)") from None
+        if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
+            raise HTTPException(422, detail=f"frame is {w}x{h}; sides must be between 8 and {MAX_SIDE} pixels")
+        if w * h > self.max_pixels:
+            raise HTTPException(
+                413, detail=f"frame is {w}x{h} = {w * h:,} pixels, over the limit of {self.max_pixels:,} "
+                "(setting LOOPLINE_FRAME_MAX_PIXELS)"
+            )
+        with self._slots:
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            shape = None if img is None else img.shape[:2]
+            del img  # freed before the slot is: the slot stands for the memory
+        if shape is None:
+            raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)")
+        return shape[0], shape[1]
 
 
 def plugin(

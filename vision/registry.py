@@ -3,7 +3,8 @@
 Each training is an MLflow run (parameters, dataset version, code version, metrics,
 weights); each run registers one version of the detector. Aliases `candidate` and
 `production` (and `production-FLEET` for a fleet of its own) say what devices should run;
-`promote` moves production and remembers the history that `rollback` walks back.
+`promote` moves production and remembers the history that `rollback` walks back; a fleet's
+history starts with the all-fleet versions it ran before it got an alias of its own.
 SQLite under LOOPLINE_HOME by default, a tracking server by URL.
 """
 
@@ -161,6 +162,10 @@ class ModelRegistry:
         mv = self.get(version)
         alias = fleet_alias(fleet)
         history = self._history(alias)
+        if fleet and not history:
+            # Until now the fleet followed the all-fleet alias: what it ran that way is its
+            # history too, so `rollback --fleet` can go back to it.
+            history = self._history(fleet_alias(None))
         if not history or history[-1] != mv.version:
             history.append(mv.version)
         self.client.set_registered_model_tag(self.name, f"{HISTORY_TAG}.{alias}", json.dumps(history[-50:]))

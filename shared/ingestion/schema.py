@@ -26,4 +26,6 @@ def validate_record(model: type[M], data: Any) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = ".".join(str(p) for p in err.get("loc", ())) or "<record>"
-        raise SchemaError(model.__name__, field, err.get("msg", "is invalid").lower()) from exc
+        msg = err.get("msg", "is invalid")
+        # Only the first letter is lowered: patterns and values in the message stay as written.
+        raise SchemaError(model.__name__, field, msg[:1].lower() + msg[1:]) from exc

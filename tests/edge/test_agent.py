@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 
+import click
 import cv2
 import numpy as np
 import onnxruntime as ort
@@ -19,8 +24,8 @@ from fake_central import (
     FakeCentral,
     FakeClock,
     mean_model,
-    onnx_model,
     real_device_api,
+    yolo_like_model,
 )
 
 from edge.agent import DeviceAgent, agent
@@ -31,33 +36,12 @@ from edge.types import Detection
 from edge.updater import ModelUpdater, UpdateStatus
 from edge.uploader import Uploader
 
-onnx = pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
-TensorProto, helper = onnx.TensorProto, onnx.helper
+pytest.importorskip("onnx", reason="the tiny test models are built with onnx (vision extra)")
 
 EPOCH = 1_700_000_000.0  # where the agent tests' clocks start
 
 
-# --- tiny real models -----------------------------------------------------------------
-def yolo_like_model() -> bytes:
-    """An ultralytics-shaped detector (1, 4+1, 1): one centred box scored by the image's mean."""
-    box = helper.make_tensor("box", TensorProto.FLOAT, [1, 4, 1], [16.0, 16.0, 10.0, 10.0])
-    return onnx_model(
-        helper.make_graph(
-            [
-                helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
-                helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("sh", TensorProto.INT64, [3], [1, 1, 1])),
-                helper.make_node("Reshape", ["m", "shape"], ["score"]),
-                helper.make_node("Constant", [], ["b"], value=box),
-                helper.make_node("Concat", ["b", "score"], ["output0"], axis=1),
-            ],
-            "yolo-like",
-            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
-            [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])],
-        ),
-        {"names": "{0: 'scratch'}", "imgsz": "[32, 32]", "task": "detect", "stride": "32"},
-    )
-
-
+# --- a detector over the mean model ------------------------------------------------------
 class MeanDetector:
     """A detector on onnxruntime over the mean model: one box whose score is the frame's brightness."""
 
@@ -266,3 +250,46 @@ def test_contract_with_the_central_device_api(tmp_path: Path) -> None:
     records = [json.loads(store.get(k)) for k in store.list(DEVICE) if k.endswith(".json")]
     assert len(records) == 2
     assert {(r["reason"], r["model_version"], r["fleet"], r["width"], r["height"]) for r in records} == {("uncertain", "4", FLEET, 64, 48)}
+
+
+# --- one agent per home ----------------------------------------------------------------------
+def agent_command(central: FakeCentral, home: Path, source: Path) -> list[str]:
+    return [sys.executable, "-m", "edge.cli", "agent", "--central", central.url, "--token", TOKEN, "--fleet", FLEET,
+            "--source", str(source), "--home", str(home), "--device-id", DEVICE, "--metrics-port", "0"]
+
+
+def test_a_second_agent_on_the_same_home_exits_at_once_naming_the_first(tmp_path: Path, central: FakeCentral) -> None:
+    """Two agents on one home upload each other's outbox twice: the second one must not start."""
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(images / f"{i}.png"), frame(0.3, 64, 64) + np.uint8(i))
+    home = tmp_path / "home"
+    command = agent_command(central, home, images)
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not central.requests:  # central has no model yet: the first agent asks, and waits
+            assert first.poll() is None and time.monotonic() < deadline, "the first agent did not start"
+            time.sleep(0.05)
+        second = subprocess.run(command, check=False, capture_output=True, text=True, timeout=30)
+        assert second.returncode != 0
+        assert str(home) in second.stderr and f"pid {first.pid}" in second.stderr, second.stderr
+        assert first.poll() is None  # the first one goes on
+    finally:
+        first.kill()  # SIGKILL: no clean-up runs, and the OS drops the lock with the process
+        first.wait()
+    central.publish("5", yolo_like_model())
+    after = subprocess.run(command, check=False, capture_output=True, text=True, timeout=60)
+    assert after.returncode == 0, after.stderr
+    assert f"device {DEVICE}: 3 frames" in after.stdout
+
+
+def test_the_home_lock_is_held_until_its_holder_lets_go(tmp_path: Path) -> None:
+    from edge.agent import lock_home
+
+    held = lock_home(tmp_path)
+    with pytest.raises(click.ClickException, match=rf"{tmp_path}.*pid {os.getpid()}"):
+        lock_home(tmp_path)
+    held.close()
+    lock_home(tmp_path).close()

@@ -119,6 +119,23 @@ def test_a_corrupted_or_truncated_download_is_rejected_and_the_current_model_kep
     assert up.check().status is UpdateStatus.UPDATED  # a transfer problem is retried next poll
 
 
+def test_a_download_failing_its_sha256_check_is_not_fetched_again(tmp_path: Path, central: FakeCentral) -> None:
+    """Central serving other bytes than it announces does so on every poll: 1 download, not one per poll."""
+    models = tmp_path / "models"
+    up = following(models, central, "1")
+    wrong = hashlib.sha256(b"other").hexdigest()
+    central.publish("2", V2, sha256=wrong)
+    assert up.check().status is UpdateStatus.REJECTED
+    for again in (up, updater(models, central)):  # also after a restart
+        result = again.check()
+        assert result.status is UpdateStatus.SKIPPED and "sha256 mismatch" in result.detail
+    assert central.downloads() == 2  # v1 once, v2 once
+    assert "sha256 mismatch" in up.rejected()[f"2:{wrong}"]
+    assert up.current().version == "1"
+    central.publish("2", V2)  # announced right this time: a new (version, sha256) pair
+    assert up.check().status is UpdateStatus.UPDATED
+
+
 def test_a_model_that_fails_its_test_load_is_rejected_for_good(tmp_path: Path, central: FakeCentral) -> None:
     up = following(tmp_path / "models", central, "1")
     central.publish("2", b"\x08\x07 not an onnx graph " * 10)  # right sha256, wrong content

@@ -13,7 +13,8 @@ One `FakeCentral` serves both sides a device talks to:
 Every request is recorded in `requests` as (path, Authorization header); `posts` counts the
 POSTs, `stored` every frame_id stored (a repeat there would be a double delivery). down()/up()
 switch it off and on again on the same port. Also here: the clock the tests move, the tiny
-ONNX models the fake central serves, and vision.api's real device router for contract tests.
+ONNX models the fake central serves, a PNG that claims any size, and vision.api's real device
+router for contract tests.
 """
 
 from __future__ import annotations
@@ -244,26 +245,66 @@ def mean_model(scale: float, *, side: int | None = None) -> bytes:
     )
 
 
+def yolo_like_model() -> bytes:
+    """An ultralytics-shaped detector (1, 4+1, 1): one centred box scored by the image's mean."""
+    from onnx import TensorProto, helper
+
+    box = helper.make_tensor("box", TensorProto.FLOAT, [1, 4, 1], [16.0, 16.0, 10.0, 10.0])
+    return onnx_model(
+        helper.make_graph(
+            [
+                helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
+                helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("sh", TensorProto.INT64, [3], [1, 1, 1])),
+                helper.make_node("Reshape", ["m", "shape"], ["score"]),
+                helper.make_node("Constant", [], ["b"], value=box),
+                helper.make_node("Concat", ["b", "score"], ["output0"], axis=1),
+            ],
+            "yolo-like",
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 32, 32])],
+            [helper.make_tensor_value_info("output0", TensorProto.FLOAT, [1, 5, 1])],
+        ),
+        {"names": "{0: 'scratch'}", "imgsz": "[32, 32]", "task": "detect", "stride": "32"},
+    )
+
+
+# --- frames ------------------------------------------------------------------------------------
+def png_claiming(w: int, h: int) -> bytes:
+    """A PNG whose header claims w x h pixels (a decompression bomb needs no real pixels)."""
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+    idat = zlib.compress(b"\x00" * 64)
+    chunk += struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
+    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
+
+
 # --- the real thing, for contract tests -------------------------------------------------------
 @contextmanager
-def real_device_api(frames_dir: Path, models: object = None) -> Iterator[tuple[str, Any]]:
+def real_device_api(
+    frames_dir: Path, models: object = None, *, settings: Any = None, metrics: Any = None
+) -> Iterator[tuple[str, Any]]:
     """vision.api's device router (FastAPI: tests only) served by uvicorn, knowing one device
     (DEVICE in FLEET with TOKEN) and storing frames under `frames_dir`; `models` answers
-    `current(fleet) -> (ModelInfo, path)`. Yields (url, frame store). Skips the test where
-    fastapi, uvicorn or the vision extra is missing."""
+    `current(fleet) -> (ModelInfo, path)`. `settings` (default: `Settings` with a home beside
+    `frames_dir`) sets the frame limits; `metrics` (default: off) records what was stored.
+    Yields (url, frame store). Skips the test where fastapi, uvicorn or the vision extra is missing."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     api = pytest.importorskip("vision.api")
     from fastapi import FastAPI
     from live_server import serve_in_thread
 
+    from shared.config import Settings
     from shared.metrics import ServiceMetrics
     from shared.objectstore import LocalObjectStore
     from vision.devices import Device, DeviceRegistry
 
     devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
     store = LocalObjectStore(frames_dir)
-    ctx = SimpleNamespace(settings=SimpleNamespace(frame_max_bytes=8_000_000), metrics=ServiceMetrics(enabled=False))
+    settings = settings or Settings(home=frames_dir.parent / "central-home", frame_max_bytes=8_000_000)
+    ctx = SimpleNamespace(settings=settings, metrics=metrics or ServiceMetrics(enabled=False))
     app = FastAPI()
     app.include_router(api.build_router(ctx, devices, store, models))
     with serve_in_thread(app) as url:

@@ -171,6 +171,20 @@ def test_label_lines_are_checked_field_by_field(line: str, field: str) -> None:
     assert err.value.field == field
 
 
+def test_schema_messages_keep_patterns_and_values_as_written() -> None:
+    """validate_record (behind every label line) lowers only the first letter of pydantic's message."""
+    from pydantic import BaseModel, Field
+
+    from shared.ingestion.schema import validate_record
+
+    class Part(BaseModel):
+        code: str = Field(pattern=r"^[A-Z]{2}-[0-9]+$")
+
+    with pytest.raises(SchemaError) as err:
+        validate_record(Part, {"code": "ab-1"})
+    assert err.value.problem == "string should match pattern '^[A-Z]{2}-[0-9]+$'"
+
+
 def test_a_valid_label_line_parses_including_integral_float_classes() -> None:
     box = parse_label_line("2.0 0.5 0.25 1 0.1", num_classes=3)
     assert (box.class_id, box.x_center, box.y_center, box.width, box.height) == (2, 0.5, 0.25, 1.0, 0.1)

@@ -9,6 +9,7 @@ import uuid
 import cv2
 import numpy as np
 import pytest
+from fake_central import png_claiming
 from fastapi.testclient import TestClient
 
 pytest.importorskip("ultralytics")
@@ -58,18 +59,6 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
     ok, buf = cv2.imencode(".jpg", img)
     assert ok
     return buf.tobytes()
-
-
-def _png_claiming(w: int, h: int) -> bytes:
-    """A PNG whose header claims w x h pixels (a decompression bomb needs no real pixels)."""
-    import struct
-    import zlib
-
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    chunk = struct.pack(">I", len(ihdr)) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
-    idat = zlib.compress(b"\x00" * 64)
-    chunk += struct.pack(">I", len(idat)) + b"IDAT" + idat + struct.pack(">I", zlib.crc32(b"IDAT" + idat))
-    return b"\x89PNG\r\n\x1a\n" + chunk + struct.pack(">I", 0) + b"IEND" + struct.pack(">I", zlib.crc32(b"IEND"))
 
 
 def _meta(device: str = "cam-01", frame_id: str | None = None, **extra) -> str:
@@ -137,8 +126,8 @@ def test_frame_upload_is_stored_and_idempotent(central) -> None:
         (b"hello, not an image", None, 415, "JPEG or PNG"),
         (_jpeg()[:200], None, 422, "decoded"),
         (_jpeg(4, 4), None, 422, "between 8"),
-        (_png_claiming(60000, 60000), None, 422, "between 8"),
-        (_png_claiming(9000, 100), None, 422, "9000x100"),
+        (png_claiming(60000, 60000), None, 422, "between 8"),
+        (png_claiming(9000, 100), None, 422, "9000x100"),
         (b"\xff\xd8\xff" + b"0" * 70_000, None, 413, "limit"),
         (_jpeg(), '{"device_id": "cam-01", "frame_id": "x"}', 422, "frame_id"),
         (_jpeg(), "not json", 422, "meta"),
