@@ -20,10 +20,11 @@ from fastapi.responses import StreamingResponse
 
 from rag.loaders import SUPPORTED_SUFFIXES
 from rag.models import Answer, DocumentOut, FeedbackIn, IngestPathIn, QueryRequest, RunOut
-from rag.service import AccessDenied, RagService
+from rag.service import AccessDenied, RagService, UploadConflict
 from rag.vectorstore import EmbeddingMismatch
 from shared.auth import Principal
-from shared.ingestion import RunSummary
+from shared.ingestion import Cancelled, RunSummary, source_name
+from shared.ingestion.roots import PathRefused, check_ingest_path, parse_roots
 from shared.metadata.store import DocumentInfo
 from shared.monitoring.freshness import VisibleSource, visible_source_freshness
 from shared.monitoring.monitoring_config import load_monitoring_config
@@ -36,7 +37,7 @@ T = TypeVar("T")
 def _doc_out(d: DocumentInfo) -> DocumentOut:
     return DocumentOut(
         id=d.id,
-        source=d.source,
+        source=source_name(d.source),
         path=d.path,
         title=d.title,
         groups=list(d.groups),
@@ -81,6 +82,11 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         t0 = time.perf_counter()
         try:
             result = ingest()
+        except Cancelled as exc:
+            ctx.metrics.record_ingest(kind, "interrupted", {}, time.perf_counter() - t0)
+            raise HTTPException(503, detail=f"ingest interrupted: {exc}") from exc
+        except UploadConflict:
+            raise
         except Exception:
             ctx.metrics.record_ingest(kind, "failed", {}, time.perf_counter() - t0)
             raise
@@ -138,7 +144,8 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
             slos = load_monitoring_config(service.settings).freshness
         except ValueError as exc:
             raise HTTPException(503, detail=f"source freshness unavailable: {exc}") from exc
-        return visible_source_freshness(service.metadata, slos, groups=who.readable_groups)
+        found = visible_source_freshness(service.metadata, slos, groups=who.readable_groups)
+        return [f.model_copy(update={"source": source_name(f.source)}) for f in found]
 
     @router.get("/documents/{doc_id}", response_model=DocumentOut)
     def get_document(doc_id: str, who: Principal = Depends(caller)) -> DocumentOut:
@@ -160,6 +167,11 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
     def upload(
         file: UploadFile = File(...),
         groups: str = Form("public", description="Comma-separated groups that may read it."),
+        replace: bool = Form(
+            False,
+            description="Replace an upload of the same name that other groups may read (otherwise 409). "
+            "The same name with the same groups is always a new version.",
+        ),
         who: Principal = Depends(admin),
     ) -> dict:
         name = file.filename or "upload"
@@ -172,9 +184,12 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         data = file.file.read(limit + 1)
         if len(data) > limit:
             raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
-        doc, run = recorded_ingest(
-            "upload", lambda: service.ingest_upload(name, data, _groups(groups)), run_of=lambda r: r[1]
-        )
+        try:
+            doc, run = recorded_ingest(
+                "upload", lambda: service.ingest_upload(name, data, _groups(groups), replace=replace), run_of=lambda r: r[1]
+            )
+        except UploadConflict as exc:
+            raise HTTPException(409, detail=f"{name}: {exc}") from exc
         if run.failed or doc is None:
             reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
             raise HTTPException(422, detail=f"{name}: {reason}")
@@ -198,17 +213,37 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
             finally:
                 sync_lock.release()
 
+        def run_in_background() -> None:
+            try:
+                run()
+            except HTTPException as exc:  # interrupted by a shutdown: recorded as such
+                log.warning("sync of %s: %s", folder, exc.detail)
+            except Exception:
+                log.exception("sync of %s failed", folder)
+
         if wait:
             return {"status": "finished", "run": _run_out(run()).model_dump()}
-        threading.Thread(target=run, name="loopline-sync", daemon=True).start()
+        threading.Thread(target=run_in_background, name="loopline-sync", daemon=True).start()
         log.info("user %s started a sync of %s", who.name, folder)
         return {"status": "started", "folder": str(folder)}
 
-    @router.post("/admin/ingest", response_model=RunOut, summary="Ingest a path on the server (admins; CLI hand-off).")
+    @router.post(
+        "/admin/ingest",
+        response_model=RunOut,
+        summary="Ingest a path on the server (admins: under LOOPLINE_INGEST_ROOTS; the local CLI: anything it can read).",
+    )
     def ingest_path(req: IngestPathIn, who: Principal = Depends(admin)) -> RunOut:
         path = Path(req.path)
+        if not who.local:  # a network caller: only under the configured roots, never the service's own home
+            try:
+                path = check_ingest_path(
+                    req.path, parse_roots(service.settings.ingest_roots), protected=[service.settings.home]
+                )
+            except PathRefused as exc:
+                log.warning("user %s was refused ingesting %s: %s", who.name, req.path, exc)
+                raise HTTPException(403, detail=str(exc)) from exc
         if not path.exists():
-            raise HTTPException(404, detail=f"{path}: no such file or folder on the server")
+            raise HTTPException(404, detail=f"{req.path}: no such file or folder on the server")
         return _run_out(recorded_ingest("ingest", lambda: service.ingest(path, req.groups)))
 
     @router.get("/runs", summary="Recent ingest and sync runs (admins).")
@@ -246,7 +281,7 @@ def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
     def ready() -> dict:
         return {"documents": svc.metadata.count_documents(), "chunks": svc.store.count()}
 
-    return ApiPlugin(name="rag", router=build_router(svc, ctx), ready=ready, close=svc.close)
+    return ApiPlugin(name="rag", router=build_router(svc, ctx), ready=ready, close=svc.close, stop=svc.stop)
 
 
 def _service_with_drift(ctx: AppContext) -> RagService:

@@ -1,6 +1,7 @@
 """The RAG side of ingestion: file → chunks → dense + BM25 vectors → vector store.
 
-Implements the ingestion core's `Indexer`. A new version of a document is written before
+Implements the ingestion core's `Indexer`. Files are loaded and chunked by `parse` (in
+the service, `rag.parsing.parse_file` in a time-limited worker process). A new version of a document is written before
 its old chunks are removed (by filter on doc_id and version), and chunk ids derive from
 (document, version, position), so re-running a half-finished batch is idempotent.
 """
@@ -9,14 +10,15 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
-from rag.chunking import Chunker, TextChunk
+from rag.chunking import TextChunk
 from rag.embeddings import Embedder
-from rag.loaders import load_document
+from rag.parsing import ParsedDocument
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import ChunkPoint, CollectionInfo, VectorStore
-from shared.ingestion import Prepared, Rejected, SourceItem
+from shared.ingestion import Prepared, SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -30,27 +32,24 @@ class RagIndexer:
         self,
         store: VectorStore,
         embedder: Embedder,
-        chunker: Chunker,
+        parse: Callable[[Path], ParsedDocument],
         sparse: Bm25Encoder | None,
     ) -> None:
         self.store = store
         self.embedder = embedder
-        self.chunker = chunker
+        self.parse = parse
         self.sparse = sparse
         self.store.ensure_collection(CollectionInfo(embedder.name, embedder.dim))
 
     def prepare(self, item: SourceItem, content_hash: str, groups: list[str]) -> Prepared:
-        doc = load_document(item.abs_path)
-        chunks = self.chunker.split(doc)
-        if not chunks:
-            raise Rejected("no text could be extracted (empty document)")
+        doc = self.parse(item.abs_path)
         return Prepared(
             item=item,
             content_hash=content_hash,
             groups=groups,
             title=doc.title,
-            units=len(chunks),
-            payload=chunks,
+            units=len(doc.chunks),
+            payload=doc.chunks,
         )
 
     def commit(self, batch: Sequence[Prepared]) -> None:

@@ -1,8 +1,10 @@
 """Document loaders: a file on disk → title and text sections, or a clear rejection.
 
-PDF, DOCX and HTML go through llama-index's file readers; Markdown and plain text are
-decoded strictly (UTF-8) so binary junk is refused rather than indexed as noise. Every
-failure raises `Rejected` with a reason a user can act on; it becomes a dead letter.
+PDF and DOCX go through llama-index's file readers, HTML through BeautifulSoup (scripts,
+styles and other non-content elements dropped); Markdown and plain text are decoded strictly
+(UTF-8) so binary junk is refused rather than indexed as noise. Every failure raises
+`Rejected` with a reason a user can act on; it becomes a dead letter. Limits on what a file
+may unpack to and yield are checked here; time is bounded by the caller (the parse worker).
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
 
 
+@dataclass(frozen=True)
+class LoadLimits:
+    """How much one file may unpack to and yield; over either, it is rejected with the limit named."""
+
+    max_unpacked_bytes: int = 50_000_000
+    max_chars: int = 1_000_000
+
+
 @dataclass
 class LoadedDocument:
     title: str
@@ -29,8 +39,8 @@ class LoadedDocument:
     metadata: dict[str, str] = field(default_factory=dict)
 
 
-def load_document(path: Path) -> LoadedDocument:
-    """Load one file; raises Rejected for unsupported, corrupt, binary or empty content."""
+def load_document(path: Path, limits: LoadLimits = LoadLimits()) -> LoadedDocument:
+    """Load one file; raises Rejected for unsupported, corrupt, binary, empty or oversized content."""
     suffix = path.suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise Rejected(
@@ -43,9 +53,14 @@ def load_document(path: Path) -> LoadedDocument:
     elif suffix == ".pdf":
         doc = _load_pdf(path)
     else:
-        doc = _load_docx(path)
+        doc = _load_docx(path, limits.max_unpacked_bytes)
     if not doc.text.strip():
         raise Rejected("no text could be extracted (empty document)")
+    if len(doc.text) > limits.max_chars:
+        raise Rejected(
+            f"yields {len(doc.text):,} characters of text, over the limit of {limits.max_chars:,} "
+            "(raise LOOPLINE_MAX_DOCUMENT_CHARS to accept it, or split the document)"
+        )
     return doc
 
 
@@ -71,15 +86,24 @@ def _load_text(path: Path, *, markdown: bool) -> LoadedDocument:
     return LoadedDocument(title=title, text=text, markdown=markdown)
 
 
-def _load_html(path: Path) -> LoadedDocument:
-    from bs4 import BeautifulSoup
-    from llama_index.readers.file import HTMLTagReader
+_NOT_CONTENT = ("script", "style", "noscript", "template", "head", "svg", "iframe", "object")
 
-    raw = _decode(path)
-    soup = BeautifulSoup(raw, "html.parser")
+
+def _load_html(path: Path) -> LoadedDocument:
+    """The visible text of the body: code, styles and other non-content elements are dropped."""
+    from bs4 import BeautifulSoup, NavigableString, Tag
+
+    soup = BeautifulSoup(_decode(path), "html.parser")
     title = soup.title.get_text(strip=True) if soup.title else ""
-    docs = HTMLTagReader(tag="body").load_data(path)
-    text = "\n\n".join(d.text for d in docs) if docs else soup.get_text("\n", strip=True)
+    for element in soup.find_all(_NOT_CONTENT):
+        element.decompose()
+    body = soup.body or soup
+    # Plain strings only: comments, CDATA and doctype nodes are strings of other types.
+    parts = (
+        el.get_text().strip() if isinstance(el, Tag) else el.strip() if type(el) is NavigableString else ""
+        for el in body.children
+    )
+    text = "\n".join(p for p in parts if p)
     return LoadedDocument(title=title or _title_from_name(path), text=text)
 
 
@@ -106,13 +130,23 @@ def _load_pdf(path: Path) -> LoadedDocument:
     return LoadedDocument(title=title, text=text)
 
 
-def _load_docx(path: Path) -> LoadedDocument:
+def _load_docx(path: Path, max_unpacked_bytes: int) -> LoadedDocument:
     import zipfile
 
     from llama_index.readers.file import DocxReader
 
     if not zipfile.is_zipfile(path):
         raise Rejected("corrupt DOCX (not a zip container)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            unpacked = sum(info.file_size for info in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise Rejected(f"corrupt DOCX: {exc}") from None
+    if unpacked > max_unpacked_bytes:  # a zip bomb: small on disk, huge once inflated
+        raise Rejected(
+            f"unpacks to {unpacked:,} bytes, over the limit of {max_unpacked_bytes:,} "
+            "(raise LOOPLINE_MAX_UNPACKED_BYTES to accept it)"
+        )
     try:
         docs = DocxReader().load_data(path)
     except Exception as exc:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StringConstraints
 
 
 class Citation(BaseModel):
@@ -44,7 +44,7 @@ class QueryRequest(BaseModel):
 
 class DocumentOut(BaseModel):
     id: str
-    source: str
+    source: str = Field(description="The name of the source (its folder's name; 'uploads' for uploads).")
     path: str
     title: str
     groups: list[str]
@@ -77,5 +77,7 @@ class FeedbackIn(BaseModel):
 
 
 class IngestPathIn(BaseModel):
-    path: str
-    groups: list[str] = Field(default_factory=lambda: ["public"])
+    path: str = Field(min_length=1, max_length=4096)
+    groups: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]] = Field(
+        min_length=1, description="Groups that may read what is ingested; there is no default, name them (e.g. [\"public\"])."
+    )

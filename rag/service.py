@@ -8,6 +8,7 @@ be shared between threads).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import threading
@@ -24,16 +25,18 @@ from rag.answer import (
     llm_abstained,
     make_citations,
 )
-from rag.chunking import Chunker
 from rag.embeddings import Embedder, make_embedder
 from rag.indexer import RagIndexer
+from rag.loaders import LoadLimits
 from rag.models import Answer, Timings
+from rag.parsing import ParsedDocument, ParseSpec, parse_file
 from rag.retrieval import Retriever
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import VectorStore, open_vector_store
 from shared.auth import Principal
 from shared.config import Settings
-from shared.ingestion import IngestPipeline, RunSummary, folder_source
+from shared.ingestion import IngestPipeline, RunSummary, file_item, folder_source
+from shared.ingestion.worker import ParseWorker
 from shared.metadata import MetadataStore
 from shared.metadata.store import DocumentInfo
 
@@ -43,10 +46,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DRIFT_STREAM = "rag"
+INGEST_KINDS = ("ingest", "sync", "upload")
+SHUTDOWN_WAIT_S = 10.0
 
 
 class AccessDenied(PermissionError):
     pass
+
+
+class UploadConflict(Exception):
+    """An upload of this name exists for other groups; replacing it must be asked for."""
+
+    def __init__(self, existing: DocumentInfo, groups: Sequence[str]) -> None:
+        self.existing = existing
+        super().__init__(
+            f"an upload of this name already exists as document {existing.id}, readable by "
+            f"{', '.join(existing.groups)}; send replace=true to replace it with one readable by {', '.join(groups)}"
+        )
 
 
 def sanitize_filename(name: str) -> str:
@@ -94,6 +110,14 @@ class RagService:
         self._retriever: Retriever | None = None
         self._ingest_lock = threading.RLock()  # uploads hold it across write and ingest
         self._init_lock = threading.Lock()
+        self._parse_worker = ParseWorker(settings.parse_timeout_s, preload=["rag.parsing"])
+        self._parse_spec = ParseSpec(
+            chunk_size=settings.chunk_size,
+            chunk_overlap=settings.chunk_overlap,
+            limits=LoadLimits(max_unpacked_bytes=settings.max_unpacked_bytes, max_chars=settings.max_document_chars),
+            max_chunks=settings.max_document_chunks,
+        )
+        self._interrupt_orphaned_runs()
 
     # --- composition -----------------------------------------------------------------
     @property
@@ -116,18 +140,44 @@ class RagService:
     def pipeline(self) -> IngestPipeline:
         with self._init_lock:
             if self._pipeline is None:
-                indexer = RagIndexer(
-                    self.store,
-                    self._embedder_factory(),
-                    Chunker(self.settings.chunk_size, self.settings.chunk_overlap),
-                    self.sparse,
-                )
+                indexer = RagIndexer(self.store, self._embedder_factory(), self.parse, self.sparse)
                 self._pipeline = IngestPipeline(
                     self.metadata, indexer, max_file_bytes=self.settings.max_file_bytes
                 )
             return self._pipeline
 
+    def parse(self, path: Path) -> ParsedDocument:
+        """Load and chunk one file in the parse worker, within the configured limits."""
+        return self._parse_worker.run(parse_file, path, self._parse_spec)
+
+    def _interrupt_orphaned_runs(self) -> None:
+        """Runs a dead process left `running` become `interrupted`.
+
+        Only on embedded stores: this process then holds the home's vector store lock, so no
+        live process can own such a run. With a shared database and vector server, other
+        processes may be ingesting; their stale runs are left to the run_stuck alert.
+        """
+        if self.settings.database_url or self.settings.qdrant_url:
+            return
+        found = self.metadata.interrupt_running_runs(
+            INGEST_KINDS, reason="the process running it stopped before the run finished; the next run continues it"
+        )
+        if found:
+            log.warning("runs %s were left running by a process that stopped: marked interrupted", found)
+
+    def stop(self) -> None:
+        """Abandon running ingests now (SIGTERM): they stop at the next file, recorded as interrupted."""
+        self._parse_worker.stop()
+        if self._pipeline is not None:
+            self._pipeline.cancel()
+
     def close(self) -> None:
+        self.stop()
+        if self._ingest_lock.acquire(timeout=SHUTDOWN_WAIT_S):  # let an ingest record its interruption
+            self._ingest_lock.release()
+        else:
+            log.warning("an ingest still runs after %.0f s; closing the stores under it", SHUTDOWN_WAIT_S)
+        self._parse_worker.close()
         close_drift = getattr(self.drift, "close", None)
         if callable(close_drift):
             close_drift()  # a buffered recorder writes what is still waiting
@@ -153,19 +203,32 @@ class RagService:
             return self.pipeline.ingest(Path(path), groups, kind=kind, progress=progress)
 
     def ingest_upload(
-        self, filename: str, data: bytes, groups: Sequence[str]
+        self, filename: str, data: bytes, groups: Sequence[str], *, replace: bool = False
     ) -> tuple[DocumentInfo | None, RunSummary]:
-        """Store an uploaded file under home/uploads with a sanitized name, then ingest it."""
-        folder = self.settings.home / "uploads"
-        folder.mkdir(parents=True, exist_ok=True)
+        """Store an uploaded file under home/uploads, then ingest it.
+
+        The file lands in a folder named after a hash of the name exactly as sent, so names
+        that sanitize alike ("hr/salary.md", "sales/salary.md", "a b.md", "a_b.md") never
+        meet. The same name again is a new version of that document, unless the groups
+        differ: then it raises UploadConflict unless `replace` asks for the replacement.
+        """
+        uploads = self.settings.home / "uploads"
+        key = hashlib.sha256(filename.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+        folder = uploads / key
         name = sanitize_filename(filename)
-        target = folder / name
-        tmp = folder / f".{name}.part"
+        groups = sorted(set(groups))
         with self._ingest_lock:  # two uploads of one name must not swap contents and groups
+            existing = self.metadata.find_document(folder_source(uploads), f"{key}/{name}")
+            if existing is not None and list(existing.groups) != groups and not replace:
+                raise UploadConflict(existing, groups)
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / name
+            tmp = folder / f".{name}.part"
             tmp.write_bytes(data)
             tmp.replace(target)
-            run = self.ingest(target, groups, kind="upload")
-            return self.metadata.find_document(folder_source(folder), name), run
+            item = file_item(uploads, target)
+            run = self.pipeline.ingest_items(item.source, [item], groups, complete=False, kind="upload")
+            return self.metadata.find_document(item.source, item.path), run
 
     # --- documents -------------------------------------------------------------------
     def list_documents(self, who: Principal) -> list[DocumentInfo]:

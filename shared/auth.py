@@ -54,6 +54,9 @@ class Principal(BaseModel):
     name: str
     groups: list[str] = Field(default_factory=list)
     admin: bool = False
+    local: bool = Field(
+        False, exclude=True, description="The machine's own CLI (the local admin token), not a network caller."
+    )
 
     @property
     def readable_groups(self) -> list[str] | None:

@@ -13,6 +13,7 @@ from importlib.metadata import entry_points
 
 import click
 
+SHUTDOWN_GRACE_S = 15  # seconds open requests get to finish after SIGTERM
 
 class PluginGroup(click.Group):
     """A group whose sub-commands come from entry points, loaded lazily."""
@@ -81,9 +82,22 @@ def serve(host: str | None, port: int | None) -> None:
     info = ServiceInfo.new(f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}")
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     app = create_app(settings, local_token=info.token)
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame) -> None:  # noqa: ANN001
+            app.state.ctx.stop()  # long ingests stop now instead of holding the shutdown
+            super().handle_exit(sig, frame)
+
+        async def shutdown(self, sockets=None) -> None:  # noqa: ANN001
+            await super().shutdown(sockets)
+            withdraw(settings.home, info)  # uvicorn re-raises the signal after this: no `finally` runs
+
+    server = Server(
+        uvicorn.Config(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=SHUTDOWN_GRACE_S)
+    )
     announce(settings.ensure_home(), info)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="info")
+        server.run()
     finally:
         withdraw(settings.home, info)
 

@@ -49,9 +49,9 @@ class Settings(BaseSettings):
         50_000_000, description="Largest decompressed size of a DOCX's parts; larger ones are dead-lettered."
     )
     max_document_chars: int = Field(
-        2_000_000, description="Most characters of text one document may yield; more are dead-lettered."
+        1_000_000, description="Most characters of text one document may yield; more are dead-lettered."
     )
-    max_document_chunks: int = Field(5_000, description="Most chunks one document may yield; more are dead-lettered.")
+    max_document_chunks: int = Field(2_000, description="Most chunks one document may yield; more are dead-lettered.")
     parse_timeout_s: float = Field(
         60.0, gt=0, description="Seconds one file may take to load and chunk (in a worker process) before it is dead-lettered."
     )

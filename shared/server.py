@@ -32,6 +32,7 @@ class ApiPlugin:
     router: APIRouter
     ready: Callable[[], dict] = lambda: {}
     close: Callable[[], None] = lambda: None
+    stop: Callable[[], None] = lambda: None  # abandon long work at once (SIGTERM); close follows
 
 
 @dataclass
@@ -42,13 +43,21 @@ class AppContext:
     plugins: list[ApiPlugin] = field(default_factory=list)
     metrics: ServiceMetrics = field(default_factory=lambda: ServiceMetrics(enabled=False))
 
+    def stop(self) -> None:
+        """The service is shutting down: every plugin abandons its long work now."""
+        for plugin in self.plugins:
+            try:
+                plugin.stop()
+            except Exception:
+                log.exception("stopping plugin %s failed", plugin.name)
+
     def authenticate(self, request: Request) -> Principal:
         key = request.headers.get("x-api-key")
         auth = request.headers.get("authorization", "")
         if not key and auth.lower().startswith("bearer "):
             key = auth[7:].strip()
         if key and self.local_token and hmac.compare_digest(key.encode(), self.local_token.encode()):
-            return Principal(name=LOCAL_ADMIN, admin=True)
+            return Principal(name=LOCAL_ADMIN, admin=True, local=True)
         who = self.keys.authenticate(key)
         if who is None:
             raise HTTPException(
@@ -120,6 +129,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
+        ctx.stop()
         for plugin in ctx.plugins:
             try:
                 plugin.close()
@@ -146,7 +156,7 @@ def create_app(
         app.include_router(plugin.router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up.")
-    def healthz() -> dict:
+    async def healthz() -> dict:  # on the event loop: answers even when every worker thread is busy
         return {"status": "ok"}
 
     @app.get("/readyz", tags=["ops"], summary="The stores answer; ready for traffic.")

@@ -6,11 +6,20 @@ letters, and every run is recorded. It knows nothing about chunks, embeddings or
 """
 
 from shared.ingestion.changes import ChangePlan, plan_changes
-from shared.ingestion.pipeline import Indexer, IngestPipeline, Prepared, Rejected, RunSummary
+from shared.ingestion.pipeline import Cancelled, Indexer, IngestPipeline, Prepared, Rejected, RunSummary
 from shared.ingestion.schema import SchemaError, validate_record
-from shared.ingestion.sources import SourceItem, document_id, file_source, folder_source, scan_source
+from shared.ingestion.sources import (
+    SourceItem,
+    document_id,
+    file_item,
+    file_source,
+    folder_source,
+    scan_source,
+    source_name,
+)
 
 __all__ = [
+    "Cancelled",
     "ChangePlan",
     "plan_changes",
     "Indexer",
@@ -25,4 +34,6 @@ __all__ = [
     "file_source",
     "folder_source",
     "scan_source",
+    "source_name",
+    "file_item",
 ]

@@ -9,6 +9,7 @@ unfinished documents.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,10 @@ class Rejected(Exception):
     def __init__(self, reason: str) -> None:
         self.reason = reason
         super().__init__(reason)
+
+
+class Cancelled(Exception):
+    """The run was abandoned (the service is shutting down); it is recorded as interrupted."""
 
 
 @dataclass
@@ -99,6 +104,15 @@ class IngestPipeline:
         self.indexer = indexer
         self.max_file_bytes = max_file_bytes
         self.batch_units = batch_units
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        """Make a running ingest stop at its next file or batch, recorded as interrupted.
+
+        Index and metadata stay consistent: what was committed stays, the rest is redone by
+        the next run. Ingests started afterwards are refused.
+        """
+        self._cancelled.set()
 
     def ingest(
         self,
@@ -125,17 +139,19 @@ class IngestPipeline:
         import time
 
         t0 = time.perf_counter()
+        self._check_cancelled()
         groups = sorted(set(groups))
         run_id = self.store.start_run(source, kind)
         summary = RunSummary(run_id=run_id, source=source, status="running")
         try:
             self._run(summary, items, groups, complete, progress)
         except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
-            summary.status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            summary.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Cancelled)) else "failed"
             summary.error = f"{type(exc).__name__}: {exc}"
             summary.seconds = time.perf_counter() - t0
             self.store.finish_run(run_id, status=summary.status, error=summary.error, **summary.counts())
-            log.error("run #%s on %s %s: %s", run_id, source, summary.status, summary.error)
+            level = logging.WARNING if summary.status == "interrupted" else logging.ERROR
+            log.log(level, "run #%s on %s %s: %s", run_id, source, summary.status, summary.error)
             raise
         summary.status = "partial" if summary.failed else "succeeded"
         summary.seconds = time.perf_counter() - t0
@@ -183,6 +199,7 @@ class IngestPipeline:
         units = 0
         is_new = set(plan.added)
         for path in plan.added + plan.updated:
+            self._check_cancelled()
             it = by_path[path]
             try:
                 prepared = self._prepare(it, hashes[path], groups)
@@ -207,6 +224,10 @@ class IngestPipeline:
             if progress:
                 progress(done, total)
 
+    def _check_cancelled(self) -> None:
+        if self._cancelled.is_set():
+            raise Cancelled("the service is shutting down; the next run continues where this one stopped")
+
     def _prepare(self, it: SourceItem, content_hash: str, groups: list[str]) -> Prepared:
         if it.size_bytes == 0:
             raise Rejected("empty file")
@@ -218,6 +239,7 @@ class IngestPipeline:
         return self.indexer.prepare(it, content_hash, groups)
 
     def _commit(self, summary: RunSummary, batch: list[Prepared], is_new: set[str]) -> int:
+        self._check_cancelled()
         self.indexer.commit(batch)
         for p in batch:
             self.store.upsert_document(

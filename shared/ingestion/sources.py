@@ -53,6 +53,20 @@ def folder_source(root: Path) -> str:
     return f"folder:{root.resolve()}"
 
 
+def source_name(source: str) -> str:
+    """What users are shown of a source: its folder's name, never the server's layout."""
+    kind, sep, location = source.partition(":")
+    if kind == "folder" and sep:
+        return Path(location).name or location
+    return source
+
+
+def file_item(root: Path, path: Path) -> SourceItem:
+    """One file as an item of the folder source `root` (its path relative to it)."""
+    root = root.resolve()
+    return _item(folder_source(root), root, path.resolve())
+
+
 def file_source(file: Path) -> str:
     return f"folder:{file.resolve().parent}"
 

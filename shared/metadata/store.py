@@ -219,6 +219,20 @@ class MetadataStore:
             run.finished_at = utcnow()
             return run
 
+    def interrupt_running_runs(self, kinds: Sequence[str], reason: str) -> list[int]:
+        """Mark runs of these kinds still `running` as `interrupted` (their process is gone).
+
+        Only a caller that knows no live process can own such a run may call this: the
+        process holding the embedded stores of a home, at start.
+        """
+        with self.session() as s, s.begin():
+            runs = list(s.scalars(select(IngestRun).where(IngestRun.status == "running", IngestRun.kind.in_(list(kinds)))))
+            for run in runs:
+                run.status = "interrupted"
+                run.error = reason
+                run.finished_at = utcnow()
+            return [run.id for run in runs]
+
     def get_run(self, run_id: int) -> IngestRun | None:
         with self.session() as s:
             return s.get(IngestRun, run_id)

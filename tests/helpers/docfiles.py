@@ -47,3 +47,20 @@ def write_docx(path: Path, paragraphs: list[str]) -> Path:
         d.add_paragraph(p)
     d.save(str(path))
     return path
+
+
+def write_docx_bomb(path: Path, unpacked_bytes: int) -> Path:
+    """A valid DOCX whose document.xml inflates to about `unpacked_bytes` of paragraphs (a small file on disk)."""
+    import zipfile
+
+    seed = write_docx(path.with_name(f"seed-{path.name}"), ["seed"])
+    para = b"<w:p><w:r><w:t>All work and no play makes a very long memo.</w:t></w:r></w:p>"
+    with zipfile.ZipFile(seed) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as out:
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "word/document.xml":
+                head, _, tail = data.partition(b"<w:body>")
+                data = head + b"<w:body>" + para * (unpacked_bytes // len(para)) + tail
+            out.writestr(info, data, compress_type=zipfile.ZIP_DEFLATED)
+    seed.unlink()
+    return path

@@ -9,6 +9,7 @@ the expectations never come from the code under test.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -415,11 +416,11 @@ def test_admin_upload_is_readable_by_its_groups_only(upl: World) -> None:
     body = r.json()
     doc = body["document"]
     assert doc["groups"] == ["sales"]
-    assert doc["path"] == "glacier-plan.md"
+    assert doc["path"].endswith("/glacier-plan.md") and doc["source"] == "uploads"
     assert doc["title"] == "Glacier support plan"
     assert doc["chunks"] >= 1
     assert body["run"]["added"] == 1 and body["run"]["failed"] == 0
-    assert (uploads_dir(upl) / "glacier-plan.md").read_bytes() == GLACIER.encode()
+    assert (uploads_dir(upl) / doc["path"]).read_bytes() == GLACIER.encode()
 
     q = "How much does the Glacier support plan cost per robot?"
     a = ask(upl.client, "sol", q)
@@ -490,8 +491,9 @@ def test_corrupt_pdf_is_refused_with_a_reason(upl: World) -> None:
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert "broken.pdf" in detail and "pdf" in detail.lower().replace("broken.pdf", "")
-    assert "broken.pdf" not in {d["path"] for d in upl.client.get("/v1/documents", headers=hdr("root")).json()}
-    assert any(dl.path == "broken.pdf" for dl in upl.svc.metadata.dead_letters())
+    listed = {d["path"].rsplit("/", 1)[-1] for d in upl.client.get("/v1/documents", headers=hdr("root")).json()}
+    assert "broken.pdf" not in listed
+    assert any(dl.path.endswith("/broken.pdf") for dl in upl.svc.metadata.dead_letters())
 
 
 def test_upload_names_cannot_escape_the_uploads_folder(upl: World) -> None:
@@ -510,10 +512,12 @@ def test_upload_names_cannot_escape_the_uploads_folder(upl: World) -> None:
         r = upload(upl, "root", name, text)
         assert r.status_code == 201, (name, r.text)
         doc = r.json()["document"]
-        assert doc["path"] == stored, name
-        assert "/" not in doc["path"] and "\\" not in doc["path"] and not doc["path"].startswith(".")
-        assert doc["source"] == folder_source(uploads_dir(upl))
-        assert (uploads_dir(upl) / stored).read_bytes() == text
+        folder, _, base = doc["path"].partition("/")
+        assert base == stored, name
+        assert re.fullmatch("[0-9a-f]{12}", folder), doc["path"]
+        assert "/" not in base and "\\" not in doc["path"] and not base.startswith(".")
+        assert doc["source"] == "uploads"
+        assert (uploads_dir(upl) / folder / stored).read_bytes() == text
     assert not outside_abs.exists()
     uploads = uploads_dir(upl).resolve()
     stray = [
@@ -657,22 +661,6 @@ def test_sync_indexes_updates_and_deletes(make_service, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, r.text
         time.sleep(0.05)
     assert r.status_code == 202 and r.json()["run"]["unchanged"] == 1
-
-
-def test_admin_ingest_of_a_server_path(upl: World, tmp_path: Path) -> None:
-    extra = tmp_path / "extra"
-    extra.mkdir()
-    (extra / "canteen.md").write_text("# Canteen\n\nThe Bergen canteen serves fish soup every Thursday.\n")
-    assert upl.client.post("/v1/admin/ingest", json={"path": str(extra)}, headers=hdr("ada")).status_code == 403
-    r = upl.client.post("/v1/admin/ingest", json={"path": str(tmp_path / "nope")}, headers=hdr("root"))
-    assert r.status_code == 404
-    r = upl.client.post("/v1/admin/ingest", json={"path": str(extra), "groups": ["people-ops"]}, headers=hdr("root"))
-    assert r.status_code == 200, r.text
-    assert r.json()["added"] == 1
-    a = ask(upl.client, "pia", "What does the Bergen canteen serve on Thursday?")
-    assert "fish soup" in a["answer"]
-    a = ask(upl.client, "ada", "What does the Bergen canteen serve on Thursday?")
-    assert "fish soup" not in a["answer"]
 
 
 # --- feedback -------------------------------------------------------------------------

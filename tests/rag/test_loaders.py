@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from docfiles import write_docx, write_pdf
+from docfiles import write_docx, write_docx_bomb, write_pdf
 
 from rag.chunking import Chunker, minilm_tokenizer
-from rag.loaders import load_document
+from rag.loaders import LoadLimits, load_document
 from shared.ingestion import Rejected
 
 
@@ -82,3 +82,35 @@ def test_chunks_fit_the_embedding_window_and_know_their_section(tmp_path: Path) 
 def test_overlap_must_be_smaller_than_size() -> None:
     with pytest.raises(ValueError, match="chunk_overlap"):
         Chunker(chunk_size=50, chunk_overlap=50)
+
+
+def test_html_drops_scripts_styles_and_comments(tmp_path: Path) -> None:
+    p = tmp_path / "page.html"
+    p.write_text(
+        "<html><head><title>Canteen</title><script>var head = 'HEADSCRIPT';</script></head><body>"
+        "<style>.menu { color: STYLERED; }</style><p>Soup is served at noon.</p>"
+        "<script>fetch('/steal?c=' + document.cookie) /* BODYSCRIPT */</script>"
+        "<noscript>NOSCRIPTTEXT</noscript><template><p>TEMPLATETEXT</p></template>"
+        "<!-- COMMENTTEXT --><div>Cake on <b>Fridays</b>.<script>INNERSCRIPT()</script></div></body></html>"
+    )
+    doc = load_document(p)
+    assert "Soup is served at noon." in doc.text and "Cake on Fridays." in doc.text
+    for hidden in ("HEADSCRIPT", "STYLERED", "BODYSCRIPT", "document.cookie", "NOSCRIPTTEXT", "TEMPLATETEXT", "COMMENTTEXT", "INNERSCRIPT"):
+        assert hidden not in doc.text, hidden
+
+
+def test_a_docx_that_unpacks_past_the_limit_is_refused_before_parsing(tmp_path: Path) -> None:
+    p = write_docx_bomb(tmp_path / "memo.docx", unpacked_bytes=3_000_000)
+    assert p.stat().st_size < 100_000
+    with pytest.raises(Rejected) as info:
+        load_document(p, LoadLimits(max_unpacked_bytes=1_000_000))
+    assert "1,000,000" in info.value.reason and "LOOPLINE_MAX_UNPACKED_BYTES" in info.value.reason
+    assert "All work" in load_document(p, LoadLimits(max_unpacked_bytes=4_000_000, max_chars=10_000_000)).text
+
+
+def test_text_over_the_character_limit_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "log.md"
+    p.write_text("# Log\n\n" + "entry " * 50_000)  # one line, 300,000 characters
+    with pytest.raises(Rejected) as info:
+        load_document(p, LoadLimits(max_chars=100_000))
+    assert "100,000" in info.value.reason and "LOOPLINE_MAX_DOCUMENT_CHARS" in info.value.reason

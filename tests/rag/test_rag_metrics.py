@@ -62,7 +62,7 @@ def api(make_service, tmp_path: Path):
     folder.mkdir()
     for name, text in DOCS.items():
         (folder / name).write_text(text)
-    svc = make_service(sync_folder=folder)
+    svc = make_service(sync_folder=folder, ingest_roots=str(tmp_path))
     keys = KeyRegistry(
         [
             UserEntry(name="root", key=ADMIN["X-API-Key"], groups=[], admin=True),
@@ -94,7 +94,7 @@ def test_ingests_through_the_api_are_counted_by_kind_status_and_outcome(api) -> 
 
     (folder / "vacation.md").write_text(DOCS["vacation.md"].replace("27", "30"))
     (folder / "laptops.md").unlink()
-    assert client.post("/v1/admin/ingest", headers=ADMIN, json={"path": str(folder)}).status_code == 200
+    assert client.post("/v1/admin/ingest", headers=ADMIN, json={"path": str(folder), "groups": ["public"]}).status_code == 200
     run = last_run(client)
     moved = m.moved()
     assert moved[key("loopline_ingest_runs_total", kind="ingest", status=run["status"])] == 1

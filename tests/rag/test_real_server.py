@@ -83,7 +83,8 @@ def test_real_uvicorn_server_end_to_end(make_service, tmp_path: Path) -> None:
             assert r.status_code == 201, r.text
             uploaded = r.json()["document"]
             assert uploaded["groups"] == ["engineering"]
-            assert (svc.settings.home / "uploads" / "ferry.md").read_bytes() == doc
+            assert uploaded["path"].endswith("/ferry.md") and uploaded["source"] == "uploads"
+            assert (svc.settings.home / "uploads" / uploaded["path"]).read_bytes() == doc
             r = http.post(
                 "/v1/query", json={"question": "When does the ferry shuttle leave?"}, headers={"X-API-Key": ADA}
             )

@@ -13,7 +13,6 @@ from fastapi.testclient import TestClient
 
 import rag.api
 from shared.auth import KeyRegistry, UserEntry
-from shared.ingestion.sources import folder_source
 from shared.server import create_app
 from tests.helpers.run_records import backdate
 
@@ -40,7 +39,7 @@ def test_each_user_sees_the_freshness_of_their_own_sources(make_service, tmp_pat
         run = svc.ingest(root, groups)
         assert run.status == "succeeded", run
         backdate(svc.metadata, run.run_id, hours)
-        source_of[folder] = folder_source(root)
+        source_of[folder] = folder  # users see a source's name, never the server's paths
 
     keys = KeyRegistry([UserEntry(name=n, key=hdr(n)["X-API-Key"], groups=g, admin=a) for n, (g, a) in USERS.items()])
     app = create_app(svc.settings, plugins=[lambda ctx: rag.api.plugin(ctx, service=svc)], keys=keys)
@@ -61,5 +60,7 @@ def test_each_user_sees_the_freshness_of_their_own_sources(make_service, tmp_pat
     assert eng["slo_s"] == 24 * 3600 and eng["documents"] == 2
     pub = gus[source_of["public"]]
     assert not pub["breached"] and pub["state"] == "fresh" and pub["last_success_at"] is not None
+    assert str(tmp_path) not in client.get("/v1/sources", headers=hdr("ada")).text
+    assert str(tmp_path) not in client.get("/v1/documents", headers=hdr("ada")).text
 
     assert client.get("/v1/sources").status_code == 401
