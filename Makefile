@@ -9,7 +9,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo test serve clean bench-rag
+.PHONY: setup demo test lint serve clean bench-rag
 
 setup: $(STAMP)
 
@@ -29,8 +29,13 @@ demo: setup
 	$(PY) -m rag.demo
 	$(PY) -m vision.demo
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -q
+
+# ruff (configured in pyproject.toml): lint and formatting are checked, not rewritten.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 serve: setup
 	$(VENV)/bin/loopline serve

@@ -177,7 +177,9 @@ class DeviceAgent:
         self.metrics.count("detector_errors")
         version = self._model.version if self._model else None
         level = logging.ERROR if self._failures == 1 else logging.DEBUG  # one line per streak, not per frame
-        log.log(level, "detector failed on frame %s (%d in a row, model %s): %s", frame_id, self._failures, version, exc)
+        log.log(
+            level, "detector failed on frame %s (%d in a row, model %s): %s", frame_id, self._failures, version, exc
+        )
         key = self._model.key() if self._model else None
         if self._failures >= self.failure_limit and key != self._reported:
             self._reported = key  # once per model: with nothing to roll back to, asking again is noise
@@ -189,7 +191,11 @@ class DeviceAgent:
     def _ensure_detector(self) -> None:
         """Load the updater's current model if it is not the one in use (cheap when it is)."""
         info = self.updater.current()
-        if info is None or (self._model is not None and info.key() == self._model.key()) or info.key() == self._unloadable:
+        if (
+            info is None
+            or (self._model is not None and info.key() == self._model.key())
+            or info.key() == self._unloadable
+        ):
             return
         try:
             detector = self.detector_factory(self.updater.path(info))
@@ -240,7 +246,9 @@ class DeviceAgent:
             result = self.updater.check()
             if self.updater.current() is not None:
                 break
-            log.warning("no model on this device yet (%s: %s); asking again in %.0fs", result.status.value, result.detail, delay)
+            log.warning(
+                "no model on this device yet (%s: %s); asking again in %.0fs", result.status.value, result.detail, delay
+            )
             if stop.wait(delay):
                 return False
             delay = min(delay * 2, 60.0)
@@ -312,25 +320,53 @@ def device_id_for(home: Path, given: str | None) -> str:
 
 
 @click.command("agent")
-@click.option("--central", required=True, envvar="LOOPLINE_CENTRAL_URL", help="Central service URL, e.g. http://central:8000.")
+@click.option(
+    "--central", required=True, envvar="LOOPLINE_CENTRAL_URL", help="Central service URL, e.g. http://central:8000."
+)
 @click.option("--token", required=True, envvar="LOOPLINE_DEVICE_TOKEN", help="Device token (or LOOPLINE_DEVICE_TOKEN).")
 @click.option("--fleet", required=True, help="Fleet whose model this device runs.")
 @click.option("--source", "source_spec", required=True, help="Camera index, video file, image folder or stream URL.")
-@click.option("--home", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Device state folder; locked while the agent runs (one agent per home).")
-@click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Detector confidence threshold.")
-@click.option("--rules", "rules_file", type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help='JSON frame selection: {"rules": [{"type", "name", ...}], "per_minute", "per_day", "dedup_distance"} '
-                   "(default: uncertain detections + 2% random).")
-@click.option("--device-id", default=None, envvar="LOOPLINE_DEVICE_ID",
-              help="Id registered for this token in central (needed once; kept in HOME/device_id).")
+@click.option(
+    "--home",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Device state folder; locked while the agent runs (one agent per home).",
+)
+@click.option(
+    "--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Detector confidence threshold."
+)
+@click.option(
+    "--rules",
+    "rules_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSON frame selection: {"rules": [{"type", "name", ...}], "per_minute", "per_day", "dedup_distance"} '
+    "(default: uncertain detections + 2% random).",
+)
+@click.option(
+    "--device-id",
+    default=None,
+    envvar="LOOPLINE_DEVICE_ID",
+    help="Id registered for this token in central (needed once; kept in HOME/device_id).",
+)
 @click.option("--metrics-port", default=9464, show_default=True, type=int, help="Port of /metrics; 0 turns it off.")
 @click.option("--metrics-host", default="0.0.0.0", show_default=True, help="Interface of /metrics.")
 @click.option("--update-interval", default=300.0, show_default=True, type=float, help="Seconds between model checks.")
-@click.option("--max-outbox-mb", default=1024, show_default=True, type=int, help="Outbox size limit; oldest frames go first.")
+@click.option(
+    "--max-outbox-mb", default=1024, show_default=True, type=int, help="Outbox size limit; oldest frames go first."
+)
 def agent(
-    central: str, token: str, fleet: str, source_spec: str, home: Path, conf: float, rules_file: Path | None,
-    device_id: str | None, metrics_port: int, metrics_host: str, update_interval: float, max_outbox_mb: int,
+    central: str,
+    token: str,
+    fleet: str,
+    source_spec: str,
+    home: Path,
+    conf: float,
+    rules_file: Path | None,
+    device_id: str | None,
+    metrics_port: int,
+    metrics_host: str,
+    update_interval: float,
+    max_outbox_mb: int,
 ) -> None:
     """Run the device: detect, select frames for labeling, upload them, follow model updates."""
     from edge.detector import (
@@ -372,9 +408,13 @@ def agent(
                 ) from exc
         outbox = Outbox(home / "outbox", max_bytes=max_outbox_mb << 20)
         cleanup.callback(outbox.close)
-        uploader = Uploader(outbox, central=central, token=token, device_id=device_id, metrics_snapshot=metrics.snapshot)
+        uploader = Uploader(
+            outbox, central=central, token=token, device_id=device_id, metrics_snapshot=metrics.snapshot
+        )
         updater = ModelUpdater(home / "models", central=central, token=token, fleet=fleet, loader=test_load)
-        device = DeviceAgent(factory, frames, selector, outbox, uploader, updater, metrics, update_interval=update_interval)
+        device = DeviceAgent(
+            factory, frames, selector, outbox, uploader, updater, metrics, update_interval=update_interval
+        )
         stop = threading.Event()
         try:
             previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -68,7 +68,9 @@ class Metrics:
                 self._conf_bins[min(CONFIDENCE_BINS - 1, max(0, math.ceil(d.score * CONFIDENCE_BINS) - 1))] += 1
                 self._conf_sum += d.score
             self._detections += len(detections)
-            self._drift.add({"max_score": max((d.score for d in detections), default=0.0), "detections": len(detections)})
+            self._drift.add(
+                {"max_score": max((d.score for d in detections), default=0.0), "detections": len(detections)}
+            )
             self._drift.add_categories("class", [d.name for d in detections])
 
     def observe_quality(self, features: dict[str, float]) -> None:
@@ -135,7 +137,9 @@ class Metrics:
             lines.append(f"# TYPE {PREFIX}{name} {mtype}")
             for suffix, labels, value in samples:
                 lab = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
-                lines.append(f"{PREFIX}{name}{suffix}{{{lab}}} {_num(value)}" if lab else f"{PREFIX}{name}{suffix} {_num(value)}")
+                lines.append(
+                    f"{PREFIX}{name}{suffix}{{{lab}}} {_num(value)}" if lab else f"{PREFIX}{name}{suffix} {_num(value)}"
+                )
 
         lat = s["latency_ms"]
         cum = np.cumsum(lat["counts"]).tolist()
@@ -143,12 +147,16 @@ class Metrics:
             lat_sum, conf_sum = self._lat_sum, self._conf_sum
         bounds = [_num(b) for b in LATENCY_BUCKETS_S] + ["+Inf"]
         metric(
-            "inference_latency_seconds", "histogram", "Detector latency per frame.",
+            "inference_latency_seconds",
+            "histogram",
+            "Detector latency per frame.",
             [("_bucket", {"le": le}, c) for le, c in zip(bounds, cum)]
             + [("_sum", {}, lat_sum), ("_count", {}, s["frames"])],
         )
         metric(
-            "inference_latency_quantile_seconds", "gauge", "Latency percentiles over the recent frames.",
+            "inference_latency_quantile_seconds",
+            "gauge",
+            "Latency percentiles over the recent frames.",
             [("", {"quantile": q}, (lat[k] or 0.0) / 1000) for q, k in (("0.5", "p50"), ("0.95", "p95"))],
         )
         metric("frames_total", "counter", "Frames processed.", [("", {}, s["frames"])])
@@ -156,21 +164,32 @@ class Metrics:
         conf = np.cumsum(s["confidence"]["counts"]).tolist()
         edges = [_num(e) for e in s["confidence"]["bins"][1:-1]] + ["+Inf"]
         metric(
-            "detection_confidence", "histogram", "Scores of the detections kept by the detector.",
+            "detection_confidence",
+            "histogram",
+            "Scores of the detections kept by the detector.",
             [("_bucket", {"le": le}, c) for le, c in zip(edges, conf)]
             + [("_sum", {}, conf_sum), ("_count", {}, s["detections"])],
         )
         metric(
-            "selected_frames_total", "counter", "Frames selected for labeling, by rule.",
+            "selected_frames_total",
+            "counter",
+            "Frames selected for labeling, by rule.",
             [("", {"reason": r}, n) for r, n in sorted(s["selected"].items())],
         )
         for name, kinds in sorted(s["counters"].items()):
             metric(
-                f"{name}_total", "counter", f"Count of {name.replace('_', ' ')}.",
+                f"{name}_total",
+                "counter",
+                f"Count of {name.replace('_', ' ')}.",
                 [("", {"kind": k} if k else {}, n) for k, n in sorted(kinds.items())],
             )
         if s["model_version"] is not None:
-            metric("model_info", "gauge", "The model in use (value is always 1).", [("", {"version": s["model_version"]}, 1)])
+            metric(
+                "model_info",
+                "gauge",
+                "The model in use (value is always 1).",
+                [("", {"version": s["model_version"]}, 1)],
+            )
         metric("uptime_seconds", "gauge", "Seconds since the metrics started.", [("", {}, s["uptime_s"])])
         return "\n".join(lines) + "\n"
 

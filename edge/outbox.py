@@ -88,7 +88,11 @@ class Outbox:
     """
 
     def __init__(
-        self, root: Path, *, max_items: int | None = 10_000, max_bytes: int | None = 1 << 30,
+        self,
+        root: Path,
+        *,
+        max_items: int | None = 10_000,
+        max_bytes: int | None = 1 << 30,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.root = Path(root)
@@ -138,7 +142,11 @@ class Outbox:
             self.evicted_total += len(evicted)
             log.warning(
                 "outbox full (max_items=%s, max_bytes=%s): evicted %d oldest frame(s) %s to store %s",
-                self.max_items, self.max_bytes, len(evicted), ", ".join(evicted), frame_id,
+                self.max_items,
+                self.max_bytes,
+                len(evicted),
+                ", ".join(evicted),
+                frame_id,
             )
         return Stored(frame_id, tuple(evicted))
 
@@ -207,7 +215,9 @@ class Outbox:
         with self._lock:
             rows = {
                 state: (n, b)
-                for state, n, b in self._db.execute("SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM frames GROUP BY state")
+                for state, n, b in self._db.execute(
+                    "SELECT state, COUNT(*), COALESCE(SUM(size), 0) FROM frames GROUP BY state"
+                )
             }
         return OutboxStats(
             pending=rows.get(PENDING, (0, 0))[0],

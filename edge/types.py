@@ -15,7 +15,12 @@ class Detection:
     box: tuple[float, float, float, float]
 
     def to_json(self) -> dict:
-        return {"cls": self.cls, "name": self.name, "score": round(self.score, 4), "box": [round(v, 1) for v in self.box]}
+        return {
+            "cls": self.cls,
+            "name": self.name,
+            "score": round(self.score, 4),
+            "box": [round(v, 1) for v in self.box],
+        }
 
 
 @dataclass

@@ -56,7 +56,7 @@ class ModelInfo:
         return f"{self.version}:{self.sha256}"
 
 
-class UpdateStatus(str, Enum):
+class UpdateStatus(str, Enum):  # noqa: UP042 - StrEnum would change what str() and f-strings print
     UP_TO_DATE = "up_to_date"
     UPDATED = "updated"
     REJECTED = "rejected"  # this version failed a check; the current model is kept
@@ -136,7 +136,9 @@ class ModelUpdater:
         problem = _manifest_problem(manifest)
         if problem:
             log.error("model manifest from central is invalid (%s); keeping %s", problem, self._describe_current())
-            return UpdateResult(UpdateStatus.REJECTED, manifest.get("version") if isinstance(manifest, dict) else None, problem)
+            return UpdateResult(
+                UpdateStatus.REJECTED, manifest.get("version") if isinstance(manifest, dict) else None, problem
+            )
         version, sha = str(manifest["version"]), manifest["sha256"].lower()
         cur = self._current
         if cur is not None and (cur.version, cur.sha256) == (version, sha):
@@ -166,7 +168,9 @@ class ModelUpdater:
             self._download(_resolve(self.central, manifest["url"]), part, int(manifest["size"]), sha)
         except _Unavailable as exc:
             part.unlink(missing_ok=True)
-            log.warning("model %s: download failed (%s); keeping %s, will retry", version, exc, self._describe_current())
+            log.warning(
+                "model %s: download failed (%s); keeping %s, will retry", version, exc, self._describe_current()
+            )
             return UpdateResult(UpdateStatus.UNAVAILABLE, version, str(exc))
         except _BadDownload as exc:
             part.unlink(missing_ok=True)
@@ -183,9 +187,13 @@ class ModelUpdater:
             log.error("model %s rejected: %s; keeping %s", version, detail, self._describe_current())
             return UpdateResult(UpdateStatus.REJECTED, version, detail)
         info = ModelInfo(
-            version=version, sha256=sha, size=int(manifest["size"]),
+            version=version,
+            sha256=sha,
+            size=int(manifest["size"]),
             file=f"model-{re.sub(r'[^A-Za-z0-9._-]', '_', version)[:64]}-{sha[:12]}.onnx",
-            precision=manifest.get("precision"), names=manifest.get("names"), imgsz=manifest.get("imgsz"),
+            precision=manifest.get("precision"),
+            names=manifest.get("names"),
+            imgsz=manifest.get("imgsz"),
             installed_at=self._clock(),
         )
         os.replace(part, self.dir / info.file)
@@ -210,7 +218,9 @@ class ModelUpdater:
         with self._lock:
             bad, prev = self._current, self._previous
             if prev is None:
-                log.error("cannot roll back %s (%s): no previous model on this device", self._describe_current(), reason)
+                log.error(
+                    "cannot roll back %s (%s): no previous model on this device", self._describe_current(), reason
+                )
                 return bad
             if bad is not None:
                 self._reject(bad.version, bad.sha256, reason)
@@ -229,7 +239,11 @@ class ModelUpdater:
         detail = error if isinstance(error, str) else f"{type(error).__name__}: {error}"
         cur = self._current
         if version is not None and (cur is None or cur.version != version):
-            log.info("failure of model %s reported, but %s is current now; nothing to roll back", version, self._describe_current())
+            log.info(
+                "failure of model %s reported, but %s is current now; nothing to roll back",
+                version,
+                self._describe_current(),
+            )
             return cur
         return self.rollback(f"failed at run time: {detail}")
 

@@ -37,7 +37,7 @@ FRAMES_PATH = "/v1/devices/frames"
 _RETRY_4XX = {401, 403, 408, 429}
 
 
-class Outcome(str, Enum):
+class Outcome(str, Enum):  # noqa: UP042 - StrEnum would change what str() and f-strings print
     DELIVERED = "delivered"  # 201
     DUPLICATE = "duplicate"  # 200: the central already had it
     RETRY = "retry"
@@ -187,7 +187,10 @@ class Uploader:
         report.errors.append(detail)
         log.warning(
             "upload of frame %s failed (%s); attempt %d, retrying in %.1fs, frames stay in the outbox",
-            item.frame_id, detail, item.attempts + 1, round_wait,
+            item.frame_id,
+            detail,
+            item.attempts + 1,
+            round_wait,
         )
 
     def _send(self, item: OutboxItem) -> tuple[Outcome, str, float | None]:
@@ -209,7 +212,9 @@ class Uploader:
             ]
         )
         req = urllib.request.Request(
-            self.url, data=body, method="POST",
+            self.url,
+            data=body,
+            method="POST",
             headers={"Authorization": f"Bearer {self._token}", "Content-Type": ctype, "Accept": "application/json"},
         )
         try:

@@ -136,14 +136,20 @@ def measure(rounds: int, pings: int, workdir: Path) -> dict:
                 "us_per_query": round(record_us, 2),
                 "share_of_median_query": round(record_us / 1000 / query_ms, 6),
             },
-            "scrape": {"n": len(scrapes), "median_ms": round(statistics.median(scrapes) * 1000, 3), "page_bytes": len(page)},
+            "scrape": {
+                "n": len(scrapes),
+                "median_ms": round(statistics.median(scrapes) * 1000, 3),
+                "page_bytes": len(page),
+            },
         }
     finally:
         svc.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m evaluation.bench_metrics_overhead", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(
+        prog="python -m evaluation.bench_metrics_overhead", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("--rounds", type=int, default=50, help="Rounds; each asks every question once per app.")
     p.add_argument("--pings", type=int, default=2000, help="GET /healthz pairs in all, spread over the rounds.")
     p.add_argument("--json", action="store_true", help="Print the result as JSON.")

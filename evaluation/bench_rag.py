@@ -102,8 +102,14 @@ def load_qa(path: Path) -> list[QA]:
                 continue
             try:
                 d = json.loads(line)
-                out.append(QA(id=str(d["id"]), question=str(d["question"]), source=str(d.get("source") or ""),
-                              kind=str(d.get("kind", ""))))
+                out.append(
+                    QA(
+                        id=str(d["id"]),
+                        question=str(d["question"]),
+                        source=str(d.get("source") or ""),
+                        kind=str(d.get("kind", "")),
+                    )
+                )
             except (json.JSONDecodeError, KeyError) as exc:
                 raise SystemExit(f"{path}:{n}: not a QA record ({exc}); expected id, question, source") from None
     return out
@@ -181,8 +187,9 @@ def rss_mib() -> float | None:
 
 
 def _init_child(level: int) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s [%(process)d]: %(message)s", stream=sys.stderr
+    )
     for noisy in ("httpx", "sentence_transformers", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
@@ -243,8 +250,14 @@ def run_loopline(cfg: dict) -> dict:
 
     out: dict[str, Any] = {"system": "loopline", "torch_threads": threads}
     s = settings(True, cfg["threads"])
-    out["settings"] = {"chunk_size": s.chunk_size, "chunk_overlap": s.chunk_overlap, "min_relevance": s.min_relevance,
-                       "embedding_batch_size": s.embedding_batch_size, "top_k": top_k, "hybrid_ingest": True}
+    out["settings"] = {
+        "chunk_size": s.chunk_size,
+        "chunk_overlap": s.chunk_overlap,
+        "min_relevance": s.min_relevance,
+        "embedding_batch_size": s.embedding_batch_size,
+        "top_k": top_k,
+        "hybrid_ingest": True,
+    }
     with RagService(s) as svc:
         indexer = svc.pipeline.indexer  # loads the embedding model (timed apart from the ingest)
         indexer.embedder.embed_documents(["warm-up"])  # the first forward pass pages in torch kernels
@@ -337,18 +350,24 @@ def run_baseline(cfg: dict) -> dict:
     if cfg["chunking"] == "matched":
         from rag.chunking import minilm_tokenizer
 
-        splitter = SentenceSplitter(chunk_size=cfg["chunk_size"], chunk_overlap=cfg["chunk_overlap"],
-                                    tokenizer=minilm_tokenizer())
+        splitter = SentenceSplitter(
+            chunk_size=cfg["chunk_size"], chunk_overlap=cfg["chunk_overlap"], tokenizer=minilm_tokenizer()
+        )
         desc = f"SentenceSplitter({cfg['chunk_size']}/{cfg['chunk_overlap']} MiniLM word pieces)"
     else:
         splitter = SentenceSplitter()
         desc = f"SentenceSplitter() defaults ({splitter.chunk_size}/{splitter.chunk_overlap} tiktoken tokens)"
-    out["settings"] = {"splitter": desc, "embed_batch_size": embed.embed_batch_size,
-                       "max_seq_length": getattr(embed._model, "max_seq_length", None), "top_k": top_k}
+    out["settings"] = {
+        "splitter": desc,
+        "embed_batch_size": embed.embed_batch_size,
+        "max_seq_length": getattr(embed._model, "max_seq_length", None),
+        "top_k": top_k,
+    }
 
     t0 = time.perf_counter()
-    docs = SimpleDirectoryReader(input_dir=str(corpus), recursive=True,
-                                 required_exts=list(SUPPORTED_SUFFIXES)).load_data()
+    docs = SimpleDirectoryReader(
+        input_dir=str(corpus), recursive=True, required_exts=list(SUPPORTED_SUFFIXES)
+    ).load_data()
     load_docs_s = time.perf_counter() - t0
     index = VectorStoreIndex.from_documents(docs, embed_model=embed, transformations=[splitter], show_progress=True)
     ingest_s = time.perf_counter() - t0
@@ -362,8 +381,9 @@ def run_baseline(cfg: dict) -> dict:
         "documents_loaded": len(docs),
         "chunks": len(nodes),
     }
-    log.info("baseline (%s) ingest: %d documents, %d chunks in %.1f s", cfg["chunking"], len(docs), len(nodes),
-             ingest_s)
+    log.info(
+        "baseline (%s) ingest: %d documents, %d chunks in %.1f s", cfg["chunking"], len(docs), len(nodes), ingest_s
+    )
 
     out["query_torch_threads"] = _set_threads(cfg["query_threads"])
     retriever = index.as_retriever(similarity_top_k=top_k)
@@ -395,8 +415,9 @@ def run_in_child(fn, cfg: dict, level: int) -> dict:
     import multiprocessing as mp
 
     before = _loadavg()
-    with ProcessPoolExecutor(max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_child,
-                             initargs=(level,)) as ex:
+    with ProcessPoolExecutor(
+        max_workers=1, mp_context=mp.get_context("spawn"), initializer=_init_child, initargs=(level,)
+    ) as ex:
         res = ex.submit(fn, cfg).result()
     res["loadavg_before"], res["loadavg_after"] = before, _loadavg()
     return res
@@ -456,8 +477,11 @@ def retrieval_metrics(rows: Sequence[dict], top_k: int) -> dict:
         # What other min_relevance values would have done (the same rule: abstain when no
         # retrieved chunk reaches the threshold), computed from these retrievals.
         m["abstention_sweep"] = [
-            {"min_relevance": t, "abstained_unanswerable": sum(top[r["id"]] < t for r in un),
-             "abstained_answerable": sum(top[r["id"]] < t for r in ans)}
+            {
+                "min_relevance": t,
+                "abstained_unanswerable": sum(top[r["id"]] < t for r in un),
+                "abstained_answerable": sum(top[r["id"]] < t for r in ans),
+            }
             for t in ABSTENTION_SWEEP
         ]
     return m
@@ -479,7 +503,8 @@ def ingest_figures(res: dict) -> dict:
         "peak_rss_mib": res["peak_rss_mib"],
         "rss_after_load_mib": res.get("rss_after_load_mib"),
         "rss_growth_ingest_mib": _r(res["peak_rss_mib"] - res["rss_after_load_mib"], 1)
-        if res.get("rss_after_load_mib") is not None else None,
+        if res.get("rss_after_load_mib") is not None
+        else None,
         "loadavg_before": res.get("loadavg_before"),
         "loadavg_after": res.get("loadavg_after"),
         "model_load_s": res["model_load_s"],
@@ -493,30 +518,60 @@ def evaluate_targets(report: dict, top_k: int) -> list[dict]:
     bases = [k for k in report["ingest"] if k.startswith("baseline")]
     for b in bases:
         bi = report["ingest"][b]
-        targets.append({"target": f"ingest chunks/s >= {b}", "value": lp["chunks_per_s"],
-                        "threshold": bi["chunks_per_s"], "pass": lp["chunks_per_s"] >= bi["chunks_per_s"]})
+        targets.append(
+            {
+                "target": f"ingest chunks/s >= {b}",
+                "value": lp["chunks_per_s"],
+                "threshold": bi["chunks_per_s"],
+                "pass": lp["chunks_per_s"] >= bi["chunks_per_s"],
+            }
+        )
     ratio = report["reingest"]["ratio_full_over_reingest"]
-    targets.append({"target": f"unchanged re-ingest >= {TARGET_REINGEST_RATIO:g}x faster than full", "value": ratio,
-                    "threshold": TARGET_REINGEST_RATIO, "pass": ratio is not None and ratio >= TARGET_REINGEST_RATIO})
+    targets.append(
+        {
+            "target": f"unchanged re-ingest >= {TARGET_REINGEST_RATIO:g}x faster than full",
+            "value": ratio,
+            "threshold": TARGET_REINGEST_RATIO,
+            "pass": ratio is not None and ratio >= TARGET_REINGEST_RATIO,
+        }
+    )
     for mode in ("loopline-hybrid", "loopline-dense"):
         for key, what in (("latency_p95_ms", "all runs"), ("latency_p95_of_medians_ms", "per-query medians")):
             p95 = report["retrieval"][mode][key]
-            targets.append({"target": f"{mode} retrieval p95 <= {TARGET_P95_MS:g} ms ({what})", "value": p95,
-                            "threshold": TARGET_P95_MS, "pass": p95 is not None and p95 <= TARGET_P95_MS})
+            targets.append(
+                {
+                    "target": f"{mode} retrieval p95 <= {TARGET_P95_MS:g} ms ({what})",
+                    "value": p95,
+                    "threshold": TARGET_P95_MS,
+                    "pass": p95 is not None and p95 <= TARGET_P95_MS,
+                }
+            )
     for mode in ("loopline-hybrid", "loopline-dense"):
         for b in bases:
             mine, theirs = report["retrieval"][mode][hk], report["retrieval"][b][hk]
-            t = {"target": f"{mode} {hk} > {b}", "value": mine, "threshold": theirs,
-                 "pass": mine is not None and theirs is not None and mine > theirs}
+            t = {
+                "target": f"{mode} {hk} > {b}",
+                "value": mine,
+                "threshold": theirs,
+                "pass": mine is not None and theirs is not None and mine > theirs,
+            }
             if mine is not None and mine == theirs:
                 mk = f"mrr@{top_k}"
-                t["note"] = (f"tie{' at the ceiling' if mine == 1.0 else ''}; "
-                             f"mrr {report['retrieval'][mode][mk]} vs {report['retrieval'][b][mk]}")
+                t["note"] = (
+                    f"tie{' at the ceiling' if mine == 1.0 else ''}; "
+                    f"mrr {report['retrieval'][mode][mk]} vs {report['retrieval'][b][mk]}"
+                )
             targets.append(t)
     for mode in ("loopline-hybrid", "loopline-dense"):
         rate = report["retrieval"][mode].get("abstain_rate_unanswerable")
-        targets.append({"target": f"{mode} abstains on most unanswerable questions (> 50%)", "value": rate,
-                        "threshold": 0.5, "pass": rate is not None and rate > 0.5})
+        targets.append(
+            {
+                "target": f"{mode} abstains on most unanswerable questions (> 50%)",
+                "value": rate,
+                "threshold": 0.5,
+                "pass": rate is not None and rate > 0.5,
+            }
+        )
     return targets
 
 
@@ -534,28 +589,40 @@ def render_table(report: dict) -> str:
     c = report["corpus"]
     m = report["machine"]
     lines = [
-        (f"loopline RAG benchmark — {c['subset_documents']} of {c['supported_files_in_corpus']} supported files "
-        f"({c['subset_bytes'] / 1e6:.2f} MB), {report['qa']['answerable_in_subset']} answerable + "
-        f"{report['qa']['unanswerable']} unanswerable questions"),
-        (f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch threads {m['torch_threads']} "
-        f"(queries: {m['query_torch_threads']}), "
-        f"python {m['python']}; top_k={top_k}, latency over {report['config']['repeats']} run(s) per query"),
+        (
+            f"loopline RAG benchmark — {c['subset_documents']} of {c['supported_files_in_corpus']} supported files "
+            f"({c['subset_bytes'] / 1e6:.2f} MB), {report['qa']['answerable_in_subset']} answerable + "
+            f"{report['qa']['unanswerable']} unanswerable questions"
+        ),
+        (
+            f"machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch threads {m['torch_threads']} "
+            f"(queries: {m['query_torch_threads']}), "
+            f"python {m['python']}; top_k={top_k}, latency over {report['config']['repeats']} run(s) per query"
+        ),
         "",
-        (f"{'Ingest':<34}{'docs':>6}{'chunks':>8}{'seconds':>9}{'docs/s':>8}{'chunks/s':>10}{'peak RSS MiB':>14}"
-        f"{'(+ingest)':>10}{'startup s':>11}{'load avg':>10}"),
+        (
+            f"{'Ingest':<34}{'docs':>6}{'chunks':>8}{'seconds':>9}{'docs/s':>8}{'chunks/s':>10}{'peak RSS MiB':>14}"
+            f"{'(+ingest)':>10}{'startup s':>11}{'load avg':>10}"
+        ),
     ]
     for name, f in report["ingest"].items():
         la = f.get("loadavg_after") or [None]
-        lines.append(f"{name:<34}{f['documents']:>6}{f['chunks']:>8}{f['seconds']:>9.1f}{f['docs_per_s']:>8.2f}"
-                     f"{f['chunks_per_s']:>10.2f}{_fmt(f['peak_rss_mib'], 0):>14}"
-                     f"{'+' + _fmt(f['rss_growth_ingest_mib'], 0):>10}{f['model_load_s']:>11.1f}{_fmt(la[0]):>10}")
-    lines.append("  (peak RSS = the system's own process, at the end of its ingest; +ingest = over its RSS after "
-                 "imports, model load and one warm-up embedding; load avg = 1-min load average when it finished)")
+        lines.append(
+            f"{name:<34}{f['documents']:>6}{f['chunks']:>8}{f['seconds']:>9.1f}{f['docs_per_s']:>8.2f}"
+            f"{f['chunks_per_s']:>10.2f}{_fmt(f['peak_rss_mib'], 0):>14}"
+            f"{'+' + _fmt(f['rss_growth_ingest_mib'], 0):>10}{f['model_load_s']:>11.1f}{_fmt(la[0]):>10}"
+        )
+    lines.append(
+        "  (peak RSS = the system's own process, at the end of its ingest; +ingest = over its RSS after "
+        "imports, model load and one warm-up embedding; load avg = 1-min load average when it finished)"
+    )
     r = report["reingest"]
     lines += [
-        (f"loopline re-ingest of the unchanged folder: {r['seconds']:.3f} s "
-        f"(unchanged {r['unchanged']}, re-indexed {r['added'] + r['updated']}) → full/re-ingest = "
-        f"{_fmt(r['ratio_full_over_reingest'], 1)}×"),
+        (
+            f"loopline re-ingest of the unchanged folder: {r['seconds']:.3f} s "
+            f"(unchanged {r['unchanged']}, re-indexed {r['added'] + r['updated']}) → full/re-ingest = "
+            f"{_fmt(r['ratio_full_over_reingest'], 1)}×"
+        ),
         "",
     ]
     for name, s in report["settings"].items():
@@ -565,33 +632,49 @@ def render_table(report: dict) -> str:
         f"{'Retrieval':<34}{'p50 ms':>8}{'p95 ms':>8}{'p95 med':>9}{'hit@1':>7}{hk:>7}{mk:>7}",
     ]
     for name, f in report["retrieval"].items():
-        lines.append(f"{name:<34}{_fmt(f['latency_p50_ms']):>8}{_fmt(f['latency_p95_ms']):>8}"
-                     f"{_fmt(f['latency_p95_of_medians_ms']):>9}{_fmt(f['hit@1']):>7}{_fmt(f[hk]):>7}{_fmt(f[mk]):>7}")
-    lines.append("  (p95 = over every timed run; p95 med = over each query's median of its repeats; "
-                 "query embedding included)")
+        lines.append(
+            f"{name:<34}{_fmt(f['latency_p50_ms']):>8}{_fmt(f['latency_p95_ms']):>8}"
+            f"{_fmt(f['latency_p95_of_medians_ms']):>9}{_fmt(f['hit@1']):>7}{_fmt(f[hk]):>7}{_fmt(f[mk]):>7}"
+        )
+    lines.append(
+        "  (p95 = over every timed run; p95 med = over each query's median of its repeats; query embedding included)"
+    )
     lp = report["retrieval"].get("loopline-hybrid", {})
     if "embed_p50_ms" in lp:
-        lines.append(f"  (loopline hybrid p50 split: embed {lp['embed_p50_ms']} ms, search {lp['search_p50_ms']} ms; "
-                     f"ask() incl. extractive answer p50/p95 {lp['ask_p50_ms']}/{lp['ask_p95_ms']} ms)")
-    lines += ["", (f"{'Abstention (min_relevance ' + str(report['config']['min_relevance']) + ')':<34}"
-              f"{'unanswerable abstained':>24}{'answerable wrongly abstained':>30}")]
+        lines.append(
+            f"  (loopline hybrid p50 split: embed {lp['embed_p50_ms']} ms, search {lp['search_p50_ms']} ms; "
+            f"ask() incl. extractive answer p50/p95 {lp['ask_p50_ms']}/{lp['ask_p95_ms']} ms)"
+        )
+    lines += [
+        "",
+        (
+            f"{'Abstention (min_relevance ' + str(report['config']['min_relevance']) + ')':<34}"
+            f"{'unanswerable abstained':>24}{'answerable wrongly abstained':>30}"
+        ),
+    ]
     for name, f in report["retrieval"].items():
         if "unanswerable" not in f:
             continue
         un = f"{f['abstained_unanswerable']}/{f['unanswerable']}"
         an = f"{f['abstained_answerable']}/{f['answerable']}"
         lines.append(f"{name:<34}{un:>24}{an:>30}")
-        lines.append(f"  top cosine: unanswerable {f['top_cosine_unanswerable']}; answerable min "
-                     f"{min(f['top_cosine_answerable'], default=None)}, median "
-                     f"{_fmt(percentile(f['top_cosine_answerable'], 50), 3)}")
-        sweep = ", ".join(f"{x['min_relevance']:g}: {x['abstained_unanswerable']}/{x['abstained_answerable']}"
-                          for x in f["abstention_sweep"])
+        lines.append(
+            f"  top cosine: unanswerable {f['top_cosine_unanswerable']}; answerable min "
+            f"{min(f['top_cosine_answerable'], default=None)}, median "
+            f"{_fmt(percentile(f['top_cosine_answerable'], 50), 3)}"
+        )
+        sweep = ", ".join(
+            f"{x['min_relevance']:g}: {x['abstained_unanswerable']}/{x['abstained_answerable']}"
+            for x in f["abstention_sweep"]
+        )
         lines.append(f"  if min_relevance were (unanswerable/answerable abstained): {sweep}")
     lines += ["", "Targets"]
     for t in report["targets"]:
         note = f" — {t['note']}" if t.get("note") else ""
-        lines.append(f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {_fmt(t['value'])} "
-                     f"(threshold {_fmt(t['threshold'])}){note}")
+        lines.append(
+            f"  [{'PASS' if t['pass'] else 'FAIL'}] {t['target']}: {_fmt(t['value'])} "
+            f"(threshold {_fmt(t['threshold'])}){note}"
+        )
     missed = report.get("misses", {})
     if missed:
         lines += ["", f"Answerable questions whose source is not in the {hk} (by system)"]
@@ -631,30 +714,54 @@ def build_parser() -> argparse.ArgumentParser:
         "against a plain llama-index VectorStoreIndex on the same subset of a corpus.",
     )
     p.add_argument("corpus", type=Path, help="folder of documents (e.g. .../sourcegraph-handbook/content)")
-    p.add_argument("--qa", type=Path, required=True,
-                   help="QA JSONL: id, question, source (relative; '' = unanswerable)")
-    p.add_argument("--max-docs", type=int, default=None,
-                   help="ingest at most N supported files: every QA source first, then others in sorted order "
-                   "(default: all)")
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "loopline-bench-rag",
-                   help="folder for bench_rag.json and bench_rag.txt (default: %(default)s)")
+    p.add_argument(
+        "--qa", type=Path, required=True, help="QA JSONL: id, question, source (relative; '' = unanswerable)"
+    )
+    p.add_argument(
+        "--max-docs",
+        type=int,
+        default=None,
+        help="ingest at most N supported files: every QA source first, then others in sorted order (default: all)",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "loopline-bench-rag",
+        help="folder for bench_rag.json and bench_rag.txt (default: %(default)s)",
+    )
     p.add_argument("--json", action="store_true", help="print the JSON report to stdout instead of the table")
     p.add_argument("--top-k", type=int, default=5, help="chunks retrieved per question (default: %(default)s)")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="torch threads for both systems (default: CPU count, %(default)s)")
-    p.add_argument("--query-threads", type=int, default=None,
-                   help="torch threads while answering queries, for both systems (default: --threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="torch threads for both systems (default: CPU count, %(default)s)",
+    )
+    p.add_argument(
+        "--query-threads",
+        type=int,
+        default=None,
+        help="torch threads while answering queries, for both systems (default: --threads)",
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per query for the latency figures")
-    p.add_argument("--baseline", choices=("matched", "default", "both", "none"), default="both",
-                   help="baseline chunking: 'matched' = SentenceSplitter with loopline's chunk size/overlap in "
-                   "MiniLM word pieces, 'default' = SentenceSplitter() defaults (1024/200 tiktoken tokens) "
-                   "(default: %(default)s)")
+    p.add_argument(
+        "--baseline",
+        choices=("matched", "default", "both", "none"),
+        default="both",
+        help="baseline chunking: 'matched' = SentenceSplitter with loopline's chunk size/overlap in "
+        "MiniLM word pieces, 'default' = SentenceSplitter() defaults (1024/200 tiktoken tokens) "
+        "(default: %(default)s)",
+    )
     p.add_argument("--chunk-size", type=int, default=None, help="override loopline's chunk_size (word pieces)")
     p.add_argument("--chunk-overlap", type=int, default=None, help="override loopline's chunk_overlap")
     p.add_argument("--min-relevance", type=float, default=None, help="override loopline's abstention threshold")
-    p.add_argument("--work-dir", type=Path, default=DEFAULT_WORK,
-                   help="scratch folder for the corpus copy and indexes; its path is part of what the baseline "
-                   "embeds (file_path metadata), so keep it fixed between runs (default: %(default)s)")
+    p.add_argument(
+        "--work-dir",
+        type=Path,
+        default=DEFAULT_WORK,
+        help="scratch folder for the corpus copy and indexes; its path is part of what the baseline "
+        "embeds (file_path metadata), so keep it fixed between runs (default: %(default)s)",
+    )
     p.add_argument("--keep-tmp", action="store_true", help="keep the temporary corpus copy and indexes")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return p
@@ -667,8 +774,10 @@ def _claim_work_dir(work: Path):
     work.mkdir(parents=True, exist_ok=True)
     foreign = sorted(p.name for p in work.iterdir() if p.name not in _WORK_ENTRIES)
     if foreign:
-        raise SystemExit(f"{work}: holds files this benchmark did not write ({', '.join(foreign[:5])}); "
-                         "pass an empty or dedicated --work-dir")
+        raise SystemExit(
+            f"{work}: holds files this benchmark did not write ({', '.join(foreign[:5])}); "
+            "pass an empty or dedicated --work-dir"
+        )
     fh = open(work / ".lock", "a+")  # noqa: SIM115 - held for the whole run
     try:
         fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -700,8 +809,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     subset = select_subset(all_files, qa, args.max_docs)
     chosen = set(subset)
     qa_used = [q for q in qa if not q.source or q.source in chosen]
-    log.info("corpus %s: %d supported files; subset %d; %d QA questions usable (%d answerable)", corpus,
-             len(all_files), len(subset), len(qa_used), sum(q.answerable for q in qa_used))
+    log.info(
+        "corpus %s: %d supported files; subset %d; %d QA questions usable (%d answerable)",
+        corpus,
+        len(all_files),
+        len(subset),
+        len(qa_used),
+        sum(q.answerable for q in qa_used),
+    )
 
     from shared.config import Settings  # light: pydantic only
 
@@ -757,10 +872,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "python": platform.python_version(),
         },
         "versions": versions(),
-        "config": {"top_k": args.top_k, "repeats": base_cfg["repeats"], "threads": args.threads,
-                   "query_threads": base_cfg["query_threads"],
-                   "chunk_size": chunk_size, "chunk_overlap": chunk_overlap, "min_relevance": min_relevance,
-                   "baseline": args.baseline, "max_docs": args.max_docs, "work_dir": str(work)},
+        "config": {
+            "top_k": args.top_k,
+            "repeats": base_cfg["repeats"],
+            "threads": args.threads,
+            "query_threads": base_cfg["query_threads"],
+            "chunk_size": chunk_size,
+            "chunk_overlap": chunk_overlap,
+            "min_relevance": min_relevance,
+            "baseline": args.baseline,
+            "max_docs": args.max_docs,
+            "work_dir": str(work),
+        },
         "corpus": {
             "path": str(corpus),
             "supported_files_in_corpus": len(all_files),

@@ -58,13 +58,37 @@ TARGET_VS_PYTORCH = 0.5  # edge end-to-end / ultralytics PyTorch predict, at 2 t
 TARGET_VS_ULTRA_ONNX = 0.8  # edge end-to-end / ultralytics ONNX predict
 TARGET_PREPOST_SHARE = 0.10  # (pre + post) / session.run
 TARGET_INT8_MAP50_DROP = 0.01  # one mAP50 point
-DEFAULT_EPOCHS = 35  # 22-30 s/epoch at 320 on 2 shared cores (ultralytics trains with 1 torch thread there): ~20 min in all
-CPU_FLAGS = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl",
-    "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16",
+DEFAULT_EPOCHS = (
+    35  # 22-30 s/epoch at 320 on 2 shared cores (ultralytics trains with 1 torch thread there): ~20 min in all
 )
-VERSIONED = ("torch", "torchvision", "ultralytics", "onnxruntime", "onnx", "onnxslim", "numpy", "opencv-python",
-             "opencv-python-headless", "mlflow")
+CPU_FLAGS = (
+    "sse4_2",
+    "avx",
+    "avx2",
+    "fma",
+    "f16c",
+    "avx512f",
+    "avx512bw",
+    "avx512vl",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+)
+VERSIONED = (
+    "torch",
+    "torchvision",
+    "ultralytics",
+    "onnxruntime",
+    "onnx",
+    "onnxslim",
+    "numpy",
+    "opencv-python",
+    "opencv-python-headless",
+    "mlflow",
+)
 
 
 # --- machine ---------------------------------------------------------------------------
@@ -354,8 +378,13 @@ def build_paths(models: dict[str, Path], imgsz: int, threads: int, frames: Seque
     paths.append(onnx_path)
     if ultra_torch < threads:  # informational: the same path with torch also at n threads
         paths.append(
-            Lane(f"ultralytics ONNX predict (FP32, torch {threads} thr)", "callable", call=onnx_call,
-                 torch_threads=threads, notes=["info only: torch's and ORT's thread pools share the cores"])
+            Lane(
+                f"ultralytics ONNX predict (FP32, torch {threads} thr)",
+                "callable",
+                call=onnx_call,
+                torch_threads=threads,
+                notes=["info only: torch's and ORT's thread pools share the cores"],
+            )
         )
     for precision in ("fp32", "int8", "fp16"):
         if precision in models:
@@ -385,8 +414,11 @@ def time_paths(
     # up) resets torch to min(8, cpu_count - 1) threads, i.e. 1 on a 2-core machine.
     quiet = wait_for_quiet(wait_idle_s) if wait_idle_s > 0 else None
     if quiet and not quiet["quiet"]:
-        log.warning("other processes still use %.0f%% of the CPUs after %.0fs; timing anyway",
-                    100 * (quiet["others_cpu_share_last"] or 0), quiet["waited_s"])
+        log.warning(
+            "other processes still use %.0f%% of the CPUs after %.0fs; timing anyway",
+            100 * (quiet["others_cpu_share_last"] or 0),
+            quiet["waited_s"],
+        )
     watch = CpuWatch()
     load = []
     bar = tqdm(total=rounds * len(paths), desc=f"timing {threads} thread(s)", unit="path", file=sys.stderr)
@@ -470,17 +502,49 @@ def check_targets(timing: dict[int, dict], accuracy: dict) -> list[dict]:
                 continue
             e = p[variant]
             r1, r2 = e["median_ms"] / pt, e["median_ms"] / uo
-            rows.append({"check": f"{variant} / PyTorch predict", "threads": n, "value": round(r1, 3),
-                         "target": f"<= {TARGET_VS_PYTORCH}", "binding": n == 2, "pass": r1 <= TARGET_VS_PYTORCH})
-            rows.append({"check": f"{variant} / ultralytics ONNX predict", "threads": n, "value": round(r2, 3),
-                         "target": f"<= {TARGET_VS_ULTRA_ONNX}", "binding": True, "pass": r2 <= TARGET_VS_ULTRA_ONNX})
+            rows.append(
+                {
+                    "check": f"{variant} / PyTorch predict",
+                    "threads": n,
+                    "value": round(r1, 3),
+                    "target": f"<= {TARGET_VS_PYTORCH}",
+                    "binding": n == 2,
+                    "pass": r1 <= TARGET_VS_PYTORCH,
+                }
+            )
+            rows.append(
+                {
+                    "check": f"{variant} / ultralytics ONNX predict",
+                    "threads": n,
+                    "value": round(r2, 3),
+                    "target": f"<= {TARGET_VS_ULTRA_ONNX}",
+                    "binding": True,
+                    "pass": r2 <= TARGET_VS_ULTRA_ONNX,
+                }
+            )
             share = e["prepost_share_of_run"]
-            rows.append({"check": f"{variant} (pre+post) / session.run", "threads": n, "value": round(share, 3),
-                         "target": f"<= {TARGET_PREPOST_SHARE}", "binding": True, "pass": share <= TARGET_PREPOST_SHARE})
+            rows.append(
+                {
+                    "check": f"{variant} (pre+post) / session.run",
+                    "threads": n,
+                    "value": round(share, 3),
+                    "target": f"<= {TARGET_PREPOST_SHARE}",
+                    "binding": True,
+                    "pass": share <= TARGET_PREPOST_SHARE,
+                }
+            )
     if "fp32" in accuracy and "int8" in accuracy:
         drop = accuracy["fp32"]["mAP50"] - accuracy["int8"]["mAP50"]
-        rows.append({"check": "mAP50 FP32 - INT8 (test)", "threads": None, "value": round(drop, 4),
-                     "target": f"<= {TARGET_INT8_MAP50_DROP}", "binding": True, "pass": drop <= TARGET_INT8_MAP50_DROP})
+        rows.append(
+            {
+                "check": "mAP50 FP32 - INT8 (test)",
+                "threads": None,
+                "value": round(drop, 4),
+                "target": f"<= {TARGET_INT8_MAP50_DROP}",
+                "binding": True,
+                "pass": drop <= TARGET_INT8_MAP50_DROP,
+            }
+        )
     return rows
 
 
@@ -523,19 +587,35 @@ def render(report: dict) -> str:
         out += ["", title]
         rows = []
         for name, p in t["paths"].items():
-            rows.append([
-                name, ",".join(map(str, p.get("torch_threads", []))), p["median_ms"], p["p95_ms"], p["fps"],
-                p.get("pre_median_ms", ""), p.get("run_median_ms", ""), p.get("post_median_ms", ""),
-                f"{p['prepost_share_of_run'] * 100:.1f}%" if "prepost_share_of_run" in p else "",
-            ])
+            rows.append(
+                [
+                    name,
+                    ",".join(map(str, p.get("torch_threads", []))),
+                    p["median_ms"],
+                    p["p95_ms"],
+                    p["fps"],
+                    p.get("pre_median_ms", ""),
+                    p.get("run_median_ms", ""),
+                    p.get("post_median_ms", ""),
+                    f"{p['prepost_share_of_run'] * 100:.1f}%" if "prepost_share_of_run" in p else "",
+                ]
+            )
         out += _table(["path", "torch thr", "median", "p95", "fps", "pre", "session.run", "post", "pre+post/run"], rows)
         for prec, b in t["bare_session_run"].items():
             out.append(f"  bare session.run {prec}: median {b['median_ms']} ms, p95 {b['p95_ms']} ms")
     out += ["", "targets:"]
     out += _table(
         ["check", "threads", "value", "target", "pass"],
-        [[c["check"], c["threads"] if c["threads"] is not None else "-", c["value"], c["target"],
-          ("PASS" if c["pass"] else "MISS") + ("" if c["binding"] else " (info)")] for c in report["targets"]],
+        [
+            [
+                c["check"],
+                c["threads"] if c["threads"] is not None else "-",
+                c["value"],
+                c["target"],
+                ("PASS" if c["pass"] else "MISS") + ("" if c["binding"] else " (info)"),
+            ]
+            for c in report["targets"]
+        ],
     )
     notes = report.get("notes", [])
     if notes:
@@ -551,19 +631,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Train (or take) a YOLO detector on a VOC dataset, export it and time the edge runtime "
         "against ultralytics' PyTorch and ONNX predict paths at 1 and 2 threads.",
     )
-    p.add_argument("bccd", type=Path, metavar="BCCD_DIR", help="Pascal VOC tree (Annotations/, JPEGImages/, ImageSets/Main/).")
-    p.add_argument("--out", type=Path, default=Path(tempfile.gettempdir()) / "loopline-bench-vision",
-                   help="output folder: dataset, LOOPLINE_HOME, models, bench_vision.json (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs from scratch (default: %(default)s)")
+    p.add_argument(
+        "bccd", type=Path, metavar="BCCD_DIR", help="Pascal VOC tree (Annotations/, JPEGImages/, ImageSets/Main/)."
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "loopline-bench-vision",
+        help="output folder: dataset, LOOPLINE_HOME, models, bench_vision.json (default: %(default)s)",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=DEFAULT_EPOCHS, help="training epochs from scratch (default: %(default)s)"
+    )
     p.add_argument("--imgsz", type=int, default=320, help="train/export/inference size (default: %(default)s)")
     p.add_argument("--batch", type=int, default=16, help="training batch size (default: %(default)s)")
     p.add_argument("--weights", type=Path, default=None, help="trained best.pt: skip training and benchmark these")
     p.add_argument("--threads", default="1,2", help="comma-separated thread counts to time (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=3, help="timed passes over the test frames per path (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=10, help="untimed frames per path before each pass (default: %(default)s)")
-    p.add_argument("--wait-idle", type=float, default=60.0,
-                   help="before timing at each thread count, wait up to this many seconds for other processes "
-                   "to leave the CPUs (0: do not wait; default: %(default)s)")
+    p.add_argument(
+        "--rounds", type=int, default=3, help="timed passes over the test frames per path (default: %(default)s)"
+    )
+    p.add_argument(
+        "--warmup", type=int, default=10, help="untimed frames per path before each pass (default: %(default)s)"
+    )
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=60.0,
+        help="before timing at each thread count, wait up to this many seconds for other processes "
+        "to leave the CPUs (0: do not wait; default: %(default)s)",
+    )
     p.add_argument("--no-fp16-timing", action="store_true", help="score FP16 but do not time it")
     p.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr")
@@ -625,8 +721,14 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     imp = import_voc(args.bccd, out / "dataset", overwrite=True)
     data_yaml = Path(imp.data_yaml)
-    report["dataset"] = {"src": str(args.bccd.resolve()), "data_yaml": str(data_yaml), "classes": imp.classes,
-                         "images": imp.images, "boxes": imp.boxes, "issues": imp.counts()}
+    report["dataset"] = {
+        "src": str(args.bccd.resolve()),
+        "data_yaml": str(data_yaml),
+        "classes": imp.classes,
+        "images": imp.images,
+        "boxes": imp.boxes,
+        "issues": imp.counts(),
+    }
     phase("import", t0)
 
     # 2. model
@@ -637,12 +739,26 @@ def main(argv: list[str] | None = None) -> int:
         from vision.training import train_detector
 
         log.info("training yolov8n from scratch: %d epochs at %d (this is the long part)", args.epochs, args.imgsz)
-        res = train_detector(settings, store, registry, data=data_yaml, model="yolov8n.yaml",
-                             epochs=args.epochs, imgsz=args.imgsz, batch=args.batch)
+        res = train_detector(
+            settings,
+            store,
+            registry,
+            data=data_yaml,
+            model="yolov8n.yaml",
+            epochs=args.epochs,
+            imgsz=args.imgsz,
+            batch=args.batch,
+        )
         version, weights = res.version, res.weights
-        report["training"] = {"version": version, "epochs": args.epochs, "batch": args.batch, "seconds": round(res.seconds, 1),
-                              "val_mAP50": res.metrics["mAP50"], "val_mAP50-95": res.metrics["mAP50-95"],
-                              "curve": training_curve(home)}
+        report["training"] = {
+            "version": version,
+            "epochs": args.epochs,
+            "batch": args.batch,
+            "seconds": round(res.seconds, 1),
+            "val_mAP50": res.metrics["mAP50"],
+            "val_mAP50-95": res.metrics["mAP50-95"],
+            "curve": training_curve(home),
+        }
     else:
         version = register_weights(settings, registry, args.weights.resolve(), data_yaml, args.imgsz)
         weights = args.weights.resolve()
@@ -680,8 +796,9 @@ def main(argv: list[str] | None = None) -> int:
     timed_models = {k: v for k, v in models.items() if not (k == "fp16" and args.no_fp16_timing)}
     timing = {}
     for n in args.thread_counts:
-        timing[n] = time_paths(timed_models, args.imgsz, n, frames, rounds=args.rounds, warmup=args.warmup,
-                               wait_idle_s=args.wait_idle)
+        timing[n] = time_paths(
+            timed_models, args.imgsz, n, frames, rounds=args.rounds, warmup=args.warmup, wait_idle_s=args.wait_idle
+        )
     report["timing"] = timing
     phase("latency", t0)
 

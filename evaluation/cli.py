@@ -39,7 +39,14 @@ def _load_gate_or_fail(path: Path | None) -> Gate | None:
         raise click.ClickException(str(exc)) from exc
 
 
-def _finish(result: dict[str, Any], gate_result: GateResult | None, report_path: Path | None, report: Any, as_json: bool, text: str) -> None:
+def _finish(
+    result: dict[str, Any],
+    gate_result: GateResult | None,
+    report_path: Path | None,
+    report: Any,
+    as_json: bool,
+    text: str,
+) -> None:
     """Write the report, print the result, and exit 3 when the gate failed."""
     if gate_result is not None:
         result["gate"] = gate_result.model_dump()
@@ -63,16 +70,35 @@ def eval_group() -> None:
 
 # --- rag ----------------------------------------------------------------------------------------
 @eval_group.command("rag")
-@click.option("--qa", "qa_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="QA JSONL: id, question, answer (reference), source ('' if unanswerable), optional quote/kind/department.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here.")
-@click.option("--gate", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Gate YAML; exit 3 when it fails.")
+@click.option(
+    "--qa",
+    "qa_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="QA JSONL: id, question, answer (reference), source ('' if unanswerable), optional quote/kind/department.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here."
+)
+@click.option(
+    "--gate",
+    "gate_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Gate YAML; exit 3 when it fails.",
+)
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Chunks to retrieve (default LOOPLINE_TOP_K).")
 @click.option("--user", default=None, help="Ask as this user (from the API keys file); default: local admin.")
 @click.option("--no-judge", is_flag=True, help="Skip the LLM-judged metrics even when an endpoint is configured.")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
-def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top_k: int | None, user: str | None,
-            no_judge: bool, as_json: bool) -> None:
+def rag_cmd(
+    qa_file: Path,
+    report_path: Path | None,
+    gate_file: Path | None,
+    top_k: int | None,
+    user: str | None,
+    no_judge: bool,
+    as_json: bool,
+) -> None:
     """Run a QA set through the real pipeline and score retrieval, abstention and answers (RAGAS)."""
     from evaluation.eval_report import rag_report
     from evaluation.rag_eval import evaluate_rag, load_qa, make_judge
@@ -101,6 +127,7 @@ def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top
 
     with open_backend(settings) as (kind, backend):
         if kind == "remote":
+
             def ask(question: str) -> Answer:
                 return Answer.model_validate(backend.ask(question, user, k))  # type: ignore[attr-defined]
 
@@ -122,21 +149,30 @@ def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top
         if judge_url and not no_judge:
             model = settings.judge_model or settings.llm_model
             if not model:
-                raise click.ClickException("a judge endpoint is configured but no model: set LOOPLINE_JUDGE_MODEL or LOOPLINE_LLM_MODEL")
+                raise click.ClickException(
+                    "a judge endpoint is configured but no model: set LOOPLINE_JUDGE_MODEL or LOOPLINE_LLM_MODEL"
+                )
             if embed_query is None:
                 from rag.embeddings import make_embedder
 
                 embed_query = make_embedder(settings).embed_query
             key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-            judge = make_judge(model=model, base_url=judge_url, api_key=key, embed_query=embed_query, timeout_s=settings.llm_timeout_s)
+            judge = make_judge(
+                model=model, base_url=judge_url, api_key=key, embed_query=embed_query, timeout_s=settings.llm_timeout_s
+            )
         click.echo(f"asking {len(items)} questions ({kind}) …", err=True)
         result = evaluate_rag(
-            ask, items, top_k=k, judge=judge,
+            ask,
+            items,
+            top_k=k,
+            judge=judge,
             config={
                 "qa_file": str(qa_file),
                 "home": str(settings.home),
                 "user": user or "local admin",
-                "answer_mode": "LLM " + settings.llm_model if settings.llm_base_url and settings.llm_model else "extractive",
+                "answer_mode": "LLM " + settings.llm_model
+                if settings.llm_base_url and settings.llm_model
+                else "extractive",
                 "hybrid": settings.hybrid,
                 "min_relevance": settings.min_relevance,
                 "embedding_model": settings.embedding_model,
@@ -156,16 +192,40 @@ def rag_cmd(qa_file: Path, report_path: Path | None, gate_file: Path | None, top
 # --- vision -------------------------------------------------------------------------------------
 @eval_group.command("vision")
 @click.argument("model")
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YOLO data.yaml.")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YOLO data.yaml."
+)
 @click.option("--split", default="val", type=click.Choice(["train", "val", "test"]), show_default=True)
-@click.option("--precision", default="pt", type=click.Choice(["pt", "fp32", "int8", "fp16"]), show_default=True,
-              help="For a registered MODEL: its PyTorch weights or one of its exported ONNX variants.")
-@click.option("--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Confidence of the confusion matrix.")
-@click.option("--gate", "gate_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="Gate YAML; exit 3 when it fails.")
-@click.option("--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here.")
+@click.option(
+    "--precision",
+    default="pt",
+    type=click.Choice(["pt", "fp32", "int8", "fp16"]),
+    show_default=True,
+    help="For a registered MODEL: its PyTorch weights or one of its exported ONNX variants.",
+)
+@click.option(
+    "--conf", default=0.25, show_default=True, type=click.FloatRange(0, 1), help="Confidence of the confusion matrix."
+)
+@click.option(
+    "--gate",
+    "gate_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Gate YAML; exit 3 when it fails.",
+)
+@click.option(
+    "--report", "report_path", type=click.Path(dir_okay=False, path_type=Path), help="Write an HTML report here."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
-def vision_cmd(model: str, data: Path, split: str, precision: str, conf: float, gate_file: Path | None,
-               report_path: Path | None, as_json: bool) -> None:
+def vision_cmd(
+    model: str,
+    data: Path,
+    split: str,
+    precision: str,
+    conf: float,
+    gate_file: Path | None,
+    report_path: Path | None,
+    as_json: bool,
+) -> None:
     """mAP, per-class figures and confusion matrix of MODEL (a version, an alias, a .pt or .onnx file)."""
     from evaluation.eval_report import vision_report
     from evaluation.model_eval import (
@@ -193,12 +253,23 @@ def vision_cmd(model: str, data: Path, split: str, precision: str, conf: float, 
             baseline, label = None, "no registry"
             if gate.needs_baseline and registry is not None:
                 baseline, label = baseline_results(
-                    settings, registry, gate.baseline or "production", mode=gate.baseline_eval, data_yaml=data,
-                    split=split, current=resolved, current_results=result, precision=precision,
+                    settings,
+                    registry,
+                    gate.baseline or "production",
+                    mode=gate.baseline_eval,
+                    data_yaml=data,
+                    split=split,
+                    current=resolved,
+                    current_results=result,
+                    precision=precision,
                 )
             gate_result = check_gate(result, gate, baseline, baseline_label=label if gate.needs_baseline else None)
     history = version_history(registry) if registry is not None else None
-    report = vision_report(result, history=history, gate=gate_result, generated_at=datetime.now(UTC)) if report_path else None
+    report = (
+        vision_report(result, history=history, gate=gate_result, generated_at=datetime.now(UTC))
+        if report_path
+        else None
+    )
     per = ", ".join(f"{k} {v['ap50']:.3f}" for k, v in result["per_class"].items())
     text = f"{resolved.label} on {split}: mAP50 {result['mAP50']:.3f}, mAP50-95 {result['mAP50-95']:.3f} ({per})"
     _finish(result, gate_result, report_path, report, as_json, text)

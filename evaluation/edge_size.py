@@ -84,7 +84,9 @@ def largest_entries(site: Path, n: int = 8) -> list[dict]:
 def site_packages(python: Path) -> Path:
     out = subprocess.run(
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     return Path(out)
 
@@ -96,15 +98,30 @@ def _clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _run(cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800) -> subprocess.CompletedProcess:
+def _run(
+    cmd: list[str], *, cwd: Path, env: dict[str, str] | None = None, timeout: float = 1800
+) -> subprocess.CompletedProcess:
     log.debug("$ %s", shlex.join(cmd))
-    return subprocess.run(cmd, check=False, cwd=cwd, env=env or _clean_env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd, check=False, cwd=cwd, env=env or _clean_env(), capture_output=True, text=True, timeout=timeout
+    )
 
 
 def pip_install(target_python: Path, args: list[str], *, cwd: Path) -> float:
     """`pip --python TARGET install ARGS` with this interpreter's pip; seconds taken."""
     t0 = time.perf_counter()
-    cmd = [sys.executable, "-m", "pip", "--python", str(target_python), "install", "--no-input", "--progress-bar", "off", *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "--python",
+        str(target_python),
+        "install",
+        "--no-input",
+        "--progress-bar",
+        "off",
+        *args,
+    ]
     res = _run(cmd, cwd=cwd)
     if res.returncode != 0:
         raise RuntimeError(f"pip install {' '.join(args)} failed (rc {res.returncode}):\n{res.stderr[-3000:]}")
@@ -132,7 +149,10 @@ def timed_import(python: Path, statement: str, *, cwd: Path, env: dict[str, str]
         res = _run([str(python), "-c", code], cwd=cwd, env=env, timeout=600)
         wall = time.perf_counter() - t0
         if res.returncode != 0:
-            return {"ok": False, "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}"}
+            return {
+                "ok": False,
+                "error": res.stderr.strip().splitlines()[-1] if res.stderr.strip() else f"rc {res.returncode}",
+            }
         if i == 0:
             continue  # warm-up: byte-code compilation and a cold page cache are not the steady state
         imports.append(float(res.stdout.strip().splitlines()[-1]))
@@ -175,7 +195,11 @@ def check_cli(venv: Path, model: Path | None, source: Path | None, *, cwd: Path,
         out["ok"] = False
         return out
     res = _run([str(exe), "edge", "--help"], cwd=cwd, env=env, timeout=120)
-    out["help"] = {"rc": res.returncode, "missing_module": _missing_module(res.stderr), "stderr_tail": res.stderr[-600:]}
+    out["help"] = {
+        "rc": res.returncode,
+        "missing_module": _missing_module(res.stderr),
+        "stderr_tail": res.stderr[-600:],
+    }
     ok = res.returncode == 0 and "run" in res.stdout
     if model and source:
         cmd = [str(exe), "edge", "run", "--model", str(model), "--source", str(source), "--json"]
@@ -260,10 +284,20 @@ def render(report: dict) -> str:
             [
                 m["label"],
                 f"{m['site_packages_mb']:.1f}",
-                f"{imp['import_s']:.3f} / {imp['interpreter_wall_s']:.3f}" if imp.get("ok") else f"FAIL {imp.get('error')}",
+                f"{imp['import_s']:.3f} / {imp['interpreter_wall_s']:.3f}"
+                if imp.get("ok")
+                else f"FAIL {imp.get('error')}",
                 "OK (absent: " + ", ".join(absent) + ")" if not present else "PRESENT: " + ", ".join(present),
-                ("ok" if m["cli"]["help"]["rc"] == 0 else f"rc {m['cli']['help']['rc']} ({m['cli']['help']['missing_module']})"),
-                (f"rc {run['rc']}, {run['frames']} frames, {run['detections']} dets, median {run['median_latency_ms']} ms" if run else "not run (no --model/--source)"),
+                (
+                    "ok"
+                    if m["cli"]["help"]["rc"] == 0
+                    else f"rc {m['cli']['help']['rc']} ({m['cli']['help']['missing_module']})"
+                ),
+                (
+                    f"rc {run['rc']}, {run['frames']} frames, {run['detections']} dets, median {run['median_latency_ms']} ms"
+                    if run
+                    else "not run (no --model/--source)"
+                ),
             ]
         )
     ti = ref["train_import"]
@@ -277,23 +311,39 @@ def render(report: dict) -> str:
             "-",
         ]
     )
-    head = ["environment", "site-packages MB", "import s (alone / whole interpreter)", "torch/ultralytics/llama_index/mlflow", "loopline edge --help", "loopline edge run"]
+    head = [
+        "environment",
+        "site-packages MB",
+        "import s (alone / whole interpreter)",
+        "torch/ultralytics/llama_index/mlflow",
+        "loopline edge --help",
+        "loopline edge run",
+    ]
     widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
     lines = ["  ".join(str(c).ljust(w) for c, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
     lines.append("")
-    lines.append(f"edge import: {EDGE_IMPORT!r}, median of {report['runs']['edge']}; training import: {TRAIN_IMPORT!r}, median of {report['runs']['train']}")
+    lines.append(
+        f"edge import: {EDGE_IMPORT!r}, median of {report['runs']['edge']}; training import: {TRAIN_IMPORT!r}, median of {report['runs']['train']}"
+    )
     first = report["measurements"][0]
     lines.append(
         f"edge-only site-packages is {first['site_packages_mb'] / ref['site_packages_mb'] * 100:.1f}% of the main venv's "
         f"({first['site_packages_mb']:.0f} vs {ref['site_packages_mb']:.0f} MB; whole main venv {ref['venv_mb']:.0f} MB)"
     )
     if first["edge_import"].get("ok") and ti.get("ok"):
-        lines.append(f"edge import is {ti['import_s'] / first['edge_import']['import_s']:.1f}x faster than importing the training stack")
+        lines.append(
+            f"edge import is {ti['import_s'] / first['edge_import']['import_s']:.1f}x faster than importing the training stack"
+        )
     for m in report["measurements"]:
         lines.append(f"{m['label']} largest: " + ", ".join(f"{e['name']} {e['mb']:.0f}" for e in m["largest"][:6]))
-    lines.append("needed for `loopline edge` without the base deps: " + (", ".join(report["cli_needs"]) or "nothing (it works with the edge libs alone)"))
-    lines.append(f"pip seconds: {report['pip_seconds']}; venv: {report['venv']}{' (kept)' if report['kept'] else ' (removed)'}")
+    lines.append(
+        "needed for `loopline edge` without the base deps: "
+        + (", ".join(report["cli_needs"]) or "nothing (it works with the edge libs alone)")
+    )
+    lines.append(
+        f"pip seconds: {report['pip_seconds']}; venv: {report['venv']}{' (kept)' if report['kept'] else ' (removed)'}"
+    )
     return "\n".join(lines)
 
 
@@ -307,7 +357,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--source", type=Path, default=None, help="Image folder for that run (with --model).")
     p.add_argument("--with-base", action="store_true", help="Also install the base dependencies and measure again.")
     p.add_argument("--runs", type=int, default=5, help="Fresh interpreters for the edge import time (median).")
-    p.add_argument("--train-runs", type=int, default=3, help="Fresh interpreters for the training-stack import (median).")
+    p.add_argument(
+        "--train-runs", type=int, default=3, help="Fresh interpreters for the training-stack import (median)."
+    )
     p.add_argument("--json", action="store_true", help="Print the report as JSON instead of a table.")
     p.add_argument("-v", "--verbose", action="count", default=0, help="More log output on stderr.")
     args = p.parse_args(argv)
@@ -337,7 +389,9 @@ def main(argv: list[str] | None = None) -> int:
     venv = args.keep.resolve() if args.keep else tmp / "venv"
     python = venv / "bin" / "python"
     report: dict = {
-        "command": shlex.join([sys.executable, "-m", "evaluation.edge_size", *(argv if argv is not None else sys.argv[1:])]),
+        "command": shlex.join(
+            [sys.executable, "-m", "evaluation.edge_size", *(argv if argv is not None else sys.argv[1:])]
+        ),
         "repo": str(root),
         "venv": str(venv),
         "kept": args.keep is not None,
@@ -364,7 +418,13 @@ def main(argv: list[str] | None = None) -> int:
             report["pip_seconds"]["loopline_no_deps"] = pip_install(python, ["--no-deps", str(build)], cwd=tmp)
             bar.update()
             bar.set_postfix_str("measure edge-only")
-            edge_only = measure_venv(venv, python, args, cwd=tmp, label="edge only (numpy, onnxruntime, opencv-headless, click + loopline --no-deps)")
+            edge_only = measure_venv(
+                venv,
+                python,
+                args,
+                cwd=tmp,
+                label="edge only (numpy, onnxruntime, opencv-headless, click + loopline --no-deps)",
+            )
             report["measurements"].append(edge_only)
             report["cli_needs"] = needed_for_cli(edge_only)
             bar.update()

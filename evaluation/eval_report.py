@@ -77,9 +77,20 @@ def rag_score_distributions(questions: Sequence[dict], *, min_relevance: float |
     """Per-question metric values (answerable questions) and top retrieval scores by answerability."""
     import numpy as np
 
-    metrics = [m for m in ("context_precision", "context_recall", "string_similarity", "rouge_l", "bleu",
-                           "faithfulness", "answer_relevancy", "llm_context_precision")
-               if any(q.get(m) is not None for q in questions)]
+    metrics = [
+        m
+        for m in (
+            "context_precision",
+            "context_recall",
+            "string_similarity",
+            "rouge_l",
+            "bleu",
+            "faithfulness",
+            "answer_relevancy",
+            "llm_context_precision",
+        )
+        if any(q.get(m) is not None for q in questions)
+    ]
     fig = new_figure(9.0, 3.8)
     left, right = fig.subplots(1, 2, width_ratios=[3, 2])
     rng = np.random.default_rng(0)  # jitter only; fixed so the same data draws the same picture
@@ -108,7 +119,9 @@ def rag_score_distributions(questions: Sequence[dict], *, min_relevance: float |
     return fig
 
 
-def rag_report(result: dict[str, Any], *, gate: GateResult | None = None, generated_at: datetime | None = None) -> HtmlReport:
+def rag_report(
+    result: dict[str, Any], *, gate: GateResult | None = None, generated_at: datetime | None = None
+) -> HtmlReport:
     cfg, overall, questions = result["config"], result["overall"], result["questions"]
     top_k = int(cfg.get("top_k", 5))
     report = HtmlReport(f"RAG evaluation — {cfg.get('qa_file', 'QA set')}", generated_at=generated_at)
@@ -116,8 +129,11 @@ def rag_report(result: dict[str, Any], *, gate: GateResult | None = None, genera
     report.paragraph(
         f"{overall['questions']} questions ({overall['answerable']} answerable, {overall['unanswerable']} unanswerable), "
         f"top-k {top_k}, answers by {cfg.get('answer_mode', 'the configured generator')}, as {cfg.get('user', 'local admin')}. "
-        + (f"LLM-judged metrics by {judge} at {cfg.get('judge_base_url')}." if judge
-           else "No judge endpoint configured: LLM-judged metrics (faithfulness, answer relevancy, context precision) not computed.")
+        + (
+            f"LLM-judged metrics by {judge} at {cfg.get('judge_base_url')}."
+            if judge
+            else "No judge endpoint configured: LLM-judged metrics (faithfulness, answer relevancy, context precision) not computed."
+        )
     )
     if gate is not None:
         _gate_section(report, gate)
@@ -128,7 +144,9 @@ def rag_report(result: dict[str, Any], *, gate: GateResult | None = None, genera
         fig = rag_breakdown_bars(result.get("breakdown", {}).get(key, {}), top_k=top_k, what=what)
         if fig is not None:
             report.heading(f"By {what}", 3)
-            report.figure(fig, f"Share of answerable questions whose source document is cited first / in the top {top_k}.")
+            report.figure(
+                fig, f"Share of answerable questions whose source document is cited first / in the top {top_k}."
+            )
     report.heading("Distributions")
     report.figure(
         rag_score_distributions(questions, min_relevance=cfg.get("min_relevance")),
@@ -136,7 +154,17 @@ def rag_report(result: dict[str, Any], *, gate: GateResult | None = None, genera
         "a question abstains when no chunk reaches min_relevance.",
     )
     report.heading("Questions")
-    cols = ["id", "kind", "expected_source", "rank", "abstained", "top_score", "context_recall", "rouge_l", "string_similarity"]
+    cols = [
+        "id",
+        "kind",
+        "expected_source",
+        "rank",
+        "abstained",
+        "top_score",
+        "context_recall",
+        "rouge_l",
+        "string_similarity",
+    ]
     cols += [m for m in ("faithfulness", "answer_relevancy") if any(q.get(m) is not None for q in questions)]
     cols += ["question", "answer"]
     rows = [{**q, "answer": _short(q["answer"], 160), "question": _short(q["question"], 120)} for q in questions]
@@ -154,7 +182,12 @@ def class_ap_bars(per_class: dict[str, dict]) -> Figure:
     x = np.arange(len(names))
     fig = new_figure(7.5, 3.6)
     ax = fig.add_subplot()
-    series = [("ap50", "AP50", GOOD), ("ap50_95", "AP50-95", LIGHT), ("precision", "precision", "#1a7f37"), ("recall", "recall", "#bf8700")]
+    series = [
+        ("ap50", "AP50", GOOD),
+        ("ap50_95", "AP50-95", LIGHT),
+        ("precision", "precision", "#1a7f37"),
+        ("recall", "recall", "#bf8700"),
+    ]
     width = 0.8 / len(series)
     for i, (key, label, color) in enumerate(series):
         vals = [per_class[n].get(key, 0.0) for n in names]
@@ -183,8 +216,15 @@ def confusion_heatmap(cm: dict[str, Any]) -> Figure:
     im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
-            ax.text(j, i, f"{int(m[i, j])}", ha="center", va="center", fontsize=10,
-                    color="white" if share[i, j] > 0.6 else "#1f2328")
+            ax.text(
+                j,
+                i,
+                f"{int(m[i, j])}",
+                ha="center",
+                va="center",
+                fontsize=10,
+                color="white" if share[i, j] > 0.6 else "#1f2328",
+            )
     ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
     ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("true class")
@@ -201,13 +241,29 @@ def version_history_plot(history: Sequence[dict], *, current: str | None = None)
     fig = new_figure(7.5, 3.4)
     ax = fig.add_subplot()
     for key, color in (("mAP50", GOOD), ("mAP50-95", LIGHT)):
-        ax.plot(x, [h.get(key) if h.get(key) is not None else float("nan") for h in history], marker="o", color=color, label=key)
+        ax.plot(
+            x,
+            [h.get(key) if h.get(key) is not None else float("nan") for h in history],
+            marker="o",
+            color=color,
+            label=key,
+        )
     for i, h in enumerate(history):
         if any(a.startswith("production") for a in h.get("aliases", [])):
             ax.axvline(i, color="#1a7f37", alpha=0.4, lw=6)
             ax.text(i, 1.02, "production", ha="center", fontsize=8, color="#1a7f37")
         if current is not None and h["version"] == current:
-            ax.plot([i], [h.get("mAP50") or 0.0], marker="o", ms=13, mfc="none", mec=BAD, mew=2, ls="none", label="evaluated")
+            ax.plot(
+                [i],
+                [h.get("mAP50") or 0.0],
+                marker="o",
+                ms=13,
+                mfc="none",
+                mec=BAD,
+                mew=2,
+                ls="none",
+                label="evaluated",
+            )
     ax.set_xticks(x, [f"v{v}" for v in versions])
     ax.set_xlim(-0.5, len(versions) - 0.5)
     ax.set_ylim(-0.05, 1.1)
@@ -241,7 +297,9 @@ def vision_report(
         )
     if history:
         report.heading("Model versions")
-        report.figure(version_history_plot(history, current=result.get("version")), "mAP recorded at each training run.")
+        report.figure(
+            version_history_plot(history, current=result.get("version")), "mAP recorded at each training run."
+        )
         report.table(list(history))
     return report
 

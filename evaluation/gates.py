@@ -101,7 +101,9 @@ class GateResult(BaseModel):
         head = ("metric", "value", "baseline", "status", "why")
         body = [(c.metric, _fmt(c.value), _fmt(c.baseline), c.status, c.reason) for c in rows]
         widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]]
+        lines = [
+            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in [head, *body]
+        ]
         lines.insert(1, "  ".join("-" * w for w in widths))
         return "\n".join(lines)
 
@@ -140,7 +142,9 @@ def check_gate(
         value = metric_value(results, name)
         base = metric_value(baseline, name) if baseline is not None else None
         if value is None:
-            checks.append(CheckResult(metric=name, value=None, baseline=base, status="fail", reason="metric not in the results"))
+            checks.append(
+                CheckResult(metric=name, value=None, baseline=base, status="fail", reason="metric not in the results")
+            )
             continue
         reasons = []
         if check.min is not None and value < check.min:
@@ -156,7 +160,9 @@ def check_gate(
                 if worse > check.max_regression + 1e-12:
                     reasons.append(f"regressed {worse:.4g} vs baseline (tolerance {check.max_regression:g})")
         if reasons:
-            checks.append(CheckResult(metric=name, value=value, baseline=base, status="fail", reason="; ".join(reasons)))
+            checks.append(
+                CheckResult(metric=name, value=value, baseline=base, status="fail", reason="; ".join(reasons))
+            )
         elif skipped and check.min is None and check.max is None:
             checks.append(CheckResult(metric=name, value=value, baseline=base, status="skipped", reason=skipped))
         else:

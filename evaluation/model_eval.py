@@ -46,7 +46,9 @@ def open_registry(settings: Settings) -> ModelRegistry:
     return ModelRegistry.from_settings(settings)
 
 
-def resolve_model(settings: Settings, ref: str, *, precision: str = "pt", registry: ModelRegistry | None = None) -> ResolvedModel:
+def resolve_model(
+    settings: Settings, ref: str, *, precision: str = "pt", registry: ModelRegistry | None = None
+) -> ResolvedModel:
     """A model file, or a registered version/alias's weights (downloaded when not under home)."""
     from vision.training import model_dir
 
@@ -66,14 +68,20 @@ def resolve_model(settings: Settings, ref: str, *, precision: str = "pt", regist
         try:
             local = registry.download(mv.version, artifact, folder)
         except Exception as exc:
-            hint = f"; export it first: loopline vision export {mv.version} --{precision}" if precision in ("int8", "fp16") else ""
+            hint = (
+                f"; export it first: loopline vision export {mv.version} --{precision}"
+                if precision in ("int8", "fp16")
+                else ""
+            )
             raise LookupError(f"version {mv.version} has no {artifact}{hint}") from exc
     imgsz = int(mv.tags.get("imgsz", 0)) or None
     label = f"v{mv.version}" + ("" if precision == "pt" else f" ({precision})")
     return ResolvedModel(path=local, imgsz=imgsz, version=mv.version, label=label)
 
 
-def confusion_matrix(model: Path, data_yaml: Path, *, split: str = "val", imgsz: int | None = None, conf: float = DEPLOY_CONF) -> dict[str, Any]:
+def confusion_matrix(
+    model: Path, data_yaml: Path, *, split: str = "val", imgsz: int | None = None, conf: float = DEPLOY_CONF
+) -> dict[str, Any]:
     """Counts indexed [predicted][true] over the classes plus a trailing `background`."""
     from ultralytics import YOLO
 
@@ -85,15 +93,27 @@ def confusion_matrix(model: Path, data_yaml: Path, *, split: str = "val", imgsz:
     with tempfile.TemporaryDirectory(prefix="loopline-cm-") as tmp:
         # plots=True is what makes ultralytics fill the matrix; its PNGs go to tmp and away.
         m = YOLO(str(model), task="detect").val(
-            data=str(data_yaml), split=split, batch=8, workers=0, device="cpu", conf=conf, plots=True,
-            verbose=False, project=tmp, name="cm", exist_ok=True, **kwargs,
+            data=str(data_yaml),
+            split=split,
+            batch=8,
+            workers=0,
+            device="cpu",
+            conf=conf,
+            plots=True,
+            verbose=False,
+            project=tmp,
+            name="cm",
+            exist_ok=True,
+            **kwargs,
         )
     cm = m.confusion_matrix
     names = [str(cm.names[i]) for i in range(cm.nc)] + ["background"]
     return {"names": names, "conf": conf, "matrix": [[round(x) for x in row] for row in cm.matrix.tolist()]}
 
 
-def evaluate_model(settings: Settings, model: ResolvedModel, data_yaml: Path, *, split: str = "val", conf: float = DEPLOY_CONF) -> dict[str, Any]:
+def evaluate_model(
+    settings: Settings, model: ResolvedModel, data_yaml: Path, *, split: str = "val", conf: float = DEPLOY_CONF
+) -> dict[str, Any]:
     """evaluate_detector's figures plus the confusion matrix and the model's identity."""
     res = evaluate_detector(model.path, data_yaml, split=split, imgsz=model.imgsz)
     if "confusion_matrix" not in res:

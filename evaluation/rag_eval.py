@@ -109,7 +109,12 @@ class Judge:
 
 
 def make_judge(
-    *, model: str, base_url: str, api_key: str | None, embed_query: Callable[[str], list[float]], timeout_s: float = 60.0
+    *,
+    model: str,
+    base_url: str,
+    api_key: str | None,
+    embed_query: Callable[[str], list[float]],
+    timeout_s: float = 60.0,
 ) -> Judge:
     """A ragas judge on an OpenAI-compatible endpoint (instructor in JSON mode)."""
     from openai import AsyncOpenAI
@@ -152,9 +157,7 @@ def _partial_match_metric():
     @_dc
     class PartialMatch(SingleTurnMetric):
         name: str = "partial_match"
-        _required_columns: dict = _field(
-            default_factory=lambda: {MetricType.SINGLE_TURN: {"reference", "response"}}
-        )
+        _required_columns: dict = _field(default_factory=lambda: {MetricType.SINGLE_TURN: {"reference", "response"}})
 
         def init(self, run_config: Any) -> None:
             pass
@@ -251,7 +254,9 @@ async def _score_llm(m: _Metrics, item: QAItem, answer: str, contexts: list[str]
     out: dict[str, float | None] = dict.fromkeys(LLM_METRICS)
     errors: list[str] = []
     calls = {
-        "faithfulness": lambda: m.llm["faithfulness"].ascore(user_input=item.question, response=answer, retrieved_contexts=contexts),
+        "faithfulness": lambda: m.llm["faithfulness"].ascore(
+            user_input=item.question, response=answer, retrieved_contexts=contexts
+        ),
         "answer_relevancy": lambda: m.llm["answer_relevancy"].ascore(user_input=item.question, response=answer),
         "llm_context_precision": lambda: m.llm["llm_context_precision"].ascore(
             user_input=item.question, reference=item.answer or item.quote, retrieved_contexts=contexts

@@ -19,9 +19,7 @@ from rag.retrieval import Retrieved
 
 log = logging.getLogger(__name__)
 
-ABSTAIN_TEXT = (
-    "I could not find an answer to this in the documents you have access to."
-)
+ABSTAIN_TEXT = "I could not find an answer to this in the documents you have access to."
 LLM_ABSTAIN = "I cannot find this in the documents."
 SYSTEM_PROMPT = (
     "You answer employees' questions using only the numbered sources provided. "

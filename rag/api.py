@@ -178,7 +178,8 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
         suffix = Path(name).suffix.lower()
         if suffix not in SUPPORTED_SUFFIXES:
             raise HTTPException(
-                415, detail=f"unsupported file type '{suffix or name}'; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}"
+                415,
+                detail=f"unsupported file type '{suffix or name}'; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}",
             )
         limit = service.settings.upload_max_bytes
         data = file.file.read(limit + 1)
@@ -186,7 +187,9 @@ def build_router(service: RagService, ctx: AppContext) -> APIRouter:
             raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
         try:
             doc, run = recorded_ingest(
-                "upload", lambda: service.ingest_upload(name, data, _groups(groups), replace=replace), run_of=lambda r: r[1]
+                "upload",
+                lambda: service.ingest_upload(name, data, _groups(groups), replace=replace),
+                run_of=lambda r: r[1],
             )
         except UploadConflict as exc:
             raise HTTPException(409, detail=f"{name}: {exc}") from exc
@@ -286,8 +289,8 @@ def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
 
 def _service_with_drift(ctx: AppContext) -> RagService:
     """The service on the configured stores, recording its answers for drift monitoring."""
-    from shared.metadata import MetadataStore
     from rag.service import DRIFT_STREAM, drift_reference_label
+    from shared.metadata import MetadataStore
     from shared.monitoring.drift import BufferedRecorder, DriftMonitor
 
     ctx.settings.ensure_home()

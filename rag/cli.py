@@ -82,7 +82,9 @@ def rag() -> None:
 
 @rag.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
-@click.option("--groups", default="public", show_default=True, help="Comma-separated groups that may read these documents.")
+@click.option(
+    "--groups", default="public", show_default=True, help="Comma-separated groups that may read these documents."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
 def ingest(path: Path, groups: str, as_json: bool) -> None:
     """Ingest a file or (re-)sync a folder tree into the index.
@@ -131,9 +133,15 @@ def ingest(path: Path, groups: str, as_json: bool) -> None:
 
 @rag.command()
 @click.argument("question", required=False)
-@click.option("--user", default=None, help="Answer as this user (from the API keys file) would see it; default: local admin.")
+@click.option(
+    "--user", default=None, help="Answer as this user (from the API keys file) would see it; default: local admin."
+)
 @click.option("--top-k", type=click.IntRange(1, 50), default=None, help="Chunks to retrieve (default LOOPLINE_TOP_K).")
-@click.option("--batch", type=click.Path(exists=True, dir_okay=False, path_type=Path), help='JSONL file of {"id", "question"} lines.')
+@click.option(
+    "--batch",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help='JSONL file of {"id", "question"} lines.',
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per question).")
 def ask(question: str | None, user: str | None, top_k: int | None, batch: Path | None, as_json: bool) -> None:
     """Answer QUESTION with citations from the documents the user may read."""

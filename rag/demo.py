@@ -51,7 +51,9 @@ def main() -> int:
     keys = KeyRegistry.from_file(keys_file)
 
     click.echo(f"loopline demo — state in {home.resolve()} (Qdrant Edge + SQLite, no servers)")
-    click.echo(f"answers: {'LLM at ' + settings.llm_base_url if settings.llm_base_url else 'extractive (no LLM endpoint configured)'}")
+    click.echo(
+        f"answers: {'LLM at ' + settings.llm_base_url if settings.llm_base_url else 'extractive (no LLM endpoint configured)'}"
+    )
     t0 = time.perf_counter()
     with RagService(settings) as svc:
         click.echo("\nIngesting the handbook:")

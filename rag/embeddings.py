@@ -122,9 +122,7 @@ class OpenAIEmbedder:
 def make_embedder(settings: Settings) -> Embedder:
     if settings.embedding_base_url:
         key = settings.embedding_api_key.get_secret_value() if settings.embedding_api_key else None
-        return OpenAIEmbedder(
-            model=settings.embedding_model, base_url=settings.embedding_base_url, api_key=key
-        )
+        return OpenAIEmbedder(model=settings.embedding_model, base_url=settings.embedding_base_url, api_key=key)
     if settings.embedding_model != LOCAL_MODEL:
         raise ValueError(
             f"embedding model '{settings.embedding_model}' is not bundled; the local model is "

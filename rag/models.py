@@ -79,5 +79,6 @@ class FeedbackIn(BaseModel):
 class IngestPathIn(BaseModel):
     path: str = Field(min_length=1, max_length=4096)
     groups: list[Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]] = Field(
-        min_length=1, description="Groups that may read what is ingested; there is no default, name them (e.g. [\"public\"])."
+        min_length=1,
+        description='Groups that may read what is ingested; there is no default, name them (e.g. ["public"]).',
     )

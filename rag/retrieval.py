@@ -16,7 +16,6 @@ from rag.embeddings import Embedder
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import CollectionInfo, EmbeddingMismatch, SearchHit, VectorStore
 
-
 TIE_MARGIN = 5  # extra hits fetched so that ties at the cut are decided by similarity
 
 

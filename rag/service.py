@@ -71,7 +71,7 @@ def sanitize_filename(name: str) -> str:
     base = _UNSAFE.sub("_", base).lstrip("._") or "upload"
     stem, dot, ext = base.rpartition(".")
     if len(base) > 120:
-        base = (stem[: 110] + dot + ext[:9]) if dot else base[:120]
+        base = (stem[:110] + dot + ext[:9]) if dot else base[:120]
     return base
 
 
@@ -141,9 +141,7 @@ class RagService:
         with self._init_lock:
             if self._pipeline is None:
                 indexer = RagIndexer(self.store, self._embedder_factory(), self.parse, self.sparse)
-                self._pipeline = IngestPipeline(
-                    self.metadata, indexer, max_file_bytes=self.settings.max_file_bytes
-                )
+                self._pipeline = IngestPipeline(self.metadata, indexer, max_file_bytes=self.settings.max_file_bytes)
             return self._pipeline
 
     def parse(self, path: Path) -> ParsedDocument:
@@ -184,7 +182,7 @@ class RagService:
         self.store.close()
         self.metadata.close()
 
-    def __enter__(self) -> "RagService":
+    def __enter__(self) -> RagService:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -326,7 +324,9 @@ class RagService:
         )
 
     def add_feedback(self, who: Principal, *, question: str, answer: str, rating: int, comment: str) -> int:
-        fid = self.metadata.add_feedback(user=who.name, question=question, answer=answer, rating=rating, comment=comment)
+        fid = self.metadata.add_feedback(
+            user=who.name, question=question, answer=answer, rating=rating, comment=comment
+        )
         self._record_drift({"feedback_rating": [rating]})
         return fid
 

@@ -74,7 +74,7 @@ class UserEntry(BaseModel):
     admin: bool = False
 
     @model_validator(mode="after")
-    def _one_key(self) -> "UserEntry":
+    def _one_key(self) -> UserEntry:
         if not (self.key or self.key_sha256):
             raise ValueError(f"user '{self.name}' needs a 'key' or a 'key_sha256'")
         return self
@@ -99,7 +99,7 @@ class KeyRegistry:
         self._digests = [(u.digest(), u) for u in users]
 
     @classmethod
-    def from_file(cls, path: Path) -> "KeyRegistry":
+    def from_file(cls, path: Path) -> KeyRegistry:
         if not path.exists():
             return cls([])
         data = yaml.safe_load(path.read_text()) or {}

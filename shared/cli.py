@@ -15,6 +15,7 @@ import click
 
 SHUTDOWN_GRACE_S = 15  # seconds open requests get to finish after SIGTERM
 
+
 class PluginGroup(click.Group):
     """A group whose sub-commands come from entry points, loaded lazily."""
 
@@ -38,7 +39,9 @@ class PluginGroup(click.Group):
 
 
 def _missing_extra(name: str, exc: ImportError) -> click.Command:
-    @click.command(name, help=f"(unavailable: install the '{name}' extra)", context_settings={"ignore_unknown_options": True})
+    @click.command(
+        name, help=f"(unavailable: install the '{name}' extra)", context_settings={"ignore_unknown_options": True}
+    )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def unavailable(args: tuple[str, ...]) -> None:
         raise click.ClickException(

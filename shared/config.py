@@ -53,7 +53,9 @@ class Settings(BaseSettings):
     )
     max_document_chunks: int = Field(2_000, description="Most chunks one document may yield; more are dead-lettered.")
     parse_timeout_s: float = Field(
-        60.0, gt=0, description="Seconds one file may take to load and chunk (in a worker process) before it is dead-lettered."
+        60.0,
+        gt=0,
+        description="Seconds one file may take to load and chunk (in a worker process) before it is dead-lettered.",
     )
     ingest_roots: str = Field(
         "",
@@ -64,17 +66,13 @@ class Settings(BaseSettings):
     # Retrieval and answers
     hybrid: bool = Field(True, description="Fuse dense and BM25 sparse retrieval with RRF.")
     top_k: int = 5
-    min_relevance: float = Field(
-        0.30, description="Abstain when the best chunk's cosine similarity is below this."
-    )
+    min_relevance: float = Field(0.30, description="Abstain when the best chunk's cosine similarity is below this.")
     llm_base_url: str | None = Field(
         None,
         validation_alias=AliasChoices("LOOPLINE_LLM_BASE_URL", "OPENAI_BASE_URL"),
         description="OpenAI-compatible endpoint; extractive answers if unset.",
     )
-    llm_api_key: SecretStr | None = Field(
-        None, validation_alias=AliasChoices("LOOPLINE_LLM_API_KEY", "OPENAI_API_KEY")
-    )
+    llm_api_key: SecretStr | None = Field(None, validation_alias=AliasChoices("LOOPLINE_LLM_API_KEY", "OPENAI_API_KEY"))
     llm_model: str | None = Field(
         None,
         validation_alias=AliasChoices("LOOPLINE_LLM_MODEL", "OPENAI_MODEL"),
@@ -99,15 +97,16 @@ class Settings(BaseSettings):
     sync_groups: str = Field("public", description="Comma-separated groups of the synced folder.")
     metrics_enabled: bool = Field(True, description="Record Prometheus metrics and serve GET /metrics.")
     metrics_token: SecretStr | None = Field(
-        None, description="Bearer token GET /metrics requires; unauthenticated if unset (expose to the scraper network only)."
+        None,
+        description="Bearer token GET /metrics requires; unauthenticated if unset (expose to the scraper network only).",
     )
 
     # Vision
-    mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking server URL; SQLite under home if unset."
-    )
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking server URL; SQLite under home if unset.")
     registered_model: str = Field("loopline-detector", description="Registered model name of the detector.")
-    devices_file: Path | None = Field(None, description="YAML of device ids, fleets and tokens; home/devices.yaml if unset.")
+    devices_file: Path | None = Field(
+        None, description="YAML of device ids, fleets and tokens; home/devices.yaml if unset."
+    )
     frame_max_bytes: int = Field(8_000_000, description="Largest frame upload accepted from a device.")
     frame_max_pixels: int = Field(
         16_777_216, description="Most pixels (width × height) a device frame may have; larger ones are refused (413)."

@@ -111,7 +111,9 @@ class MonitoringCollector(Collector):
             except ImportError as exc:
                 log.debug("metrics: %s not available yet (%s)", fill.__name__, exc)
             except Exception as exc:  # noqa: BLE001 - a scrape must never fail on monitoring data
-                log.warning("metrics: %s skipped in this scrape (%s: %s)", fill.__name__.lstrip("_"), type(exc).__name__, exc)
+                log.warning(
+                    "metrics: %s skipped in this scrape (%s: %s)", fill.__name__.lstrip("_"), type(exc).__name__, exc
+                )
         yield psi
         yield age
 
@@ -157,22 +159,49 @@ class ServiceMetrics:
             buckets=REQUEST_BUCKETS,
             registry=r,
         )
-        self.answers = Counter("loopline_answers", "Answers given (abstentions included), by mode.", ["mode"], registry=r)
-        self.abstentions = Counter("loopline_abstentions", "Answers that abstained: nothing relevant enough to cite.", registry=r)
-        self.ingest_runs = Counter("loopline_ingest_runs", "Ingest runs started through the API, by kind and final status.", ["kind", "status"], registry=r)
+        self.answers = Counter(
+            "loopline_answers", "Answers given (abstentions included), by mode.", ["mode"], registry=r
+        )
+        self.abstentions = Counter(
+            "loopline_abstentions", "Answers that abstained: nothing relevant enough to cite.", registry=r
+        )
+        self.ingest_runs = Counter(
+            "loopline_ingest_runs",
+            "Ingest runs started through the API, by kind and final status.",
+            ["kind", "status"],
+            registry=r,
+        )
         self.ingest_documents = Counter(
-            "loopline_ingest_documents", "Documents handled by ingest runs, by kind and outcome.", ["kind", "outcome"], registry=r
+            "loopline_ingest_documents",
+            "Documents handled by ingest runs, by kind and outcome.",
+            ["kind", "outcome"],
+            registry=r,
         )
         self.ingest_duration = Histogram(
-            "loopline_ingest_duration_seconds", "Duration of ingest runs, by kind.", ["kind"], buckets=INGEST_BUCKETS, registry=r
+            "loopline_ingest_duration_seconds",
+            "Duration of ingest runs, by kind.",
+            ["kind"],
+            buckets=INGEST_BUCKETS,
+            registry=r,
         )
         self.frames_received = Counter(
-            "loopline_frames_received", "Frames stored from devices, by device, fleet and selection reason.", ["device", "fleet", "reason"], registry=r
+            "loopline_frames_received",
+            "Frames stored from devices, by device, fleet and selection reason.",
+            ["device", "fleet", "reason"],
+            registry=r,
         )
         self.model_version_in_use = Gauge(
-            "loopline_model_version_in_use", "1 for the model version last reported by a device of the fleet.", ["fleet", "version"], registry=r
+            "loopline_model_version_in_use",
+            "1 for the model version last reported by a device of the fleet.",
+            ["fleet", "version"],
+            registry=r,
         )
-        self.model_downloads = Counter("loopline_model_downloads", "Model files downloaded by devices, by fleet and version.", ["fleet", "version"], registry=r)
+        self.model_downloads = Counter(
+            "loopline_model_downloads",
+            "Model files downloaded by devices, by fleet and version.",
+            ["fleet", "version"],
+            registry=r,
+        )
         for mode in ANSWER_MODES:  # series exist from the start, so rate() sees the first answer
             self.answers.labels(mode=mode)
         self._reason = _BoundedLabel(max_label_values)

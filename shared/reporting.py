@@ -24,9 +24,22 @@ if TYPE_CHECKING:
 
 # Cell values shown as coloured badges (status columns of gates, drift and freshness tables).
 _BADGES = {
-    "ok": "good", "pass": "good", "passed": "good", "succeeded": "good", "yes": "good",
-    "warn": "warn", "warning": "warn", "partial": "warn", "no_reference": "muted", "no_data": "muted",
-    "alert": "bad", "fail": "bad", "failed": "bad", "critical": "bad", "breached": "bad", "interrupted": "bad",
+    "ok": "good",
+    "pass": "good",
+    "passed": "good",
+    "succeeded": "good",
+    "yes": "good",
+    "warn": "warn",
+    "warning": "warn",
+    "partial": "warn",
+    "no_reference": "muted",
+    "no_data": "muted",
+    "alert": "bad",
+    "fail": "bad",
+    "failed": "bad",
+    "critical": "bad",
+    "breached": "bad",
+    "interrupted": "bad",
 }
 
 _CSS = """
@@ -157,8 +170,8 @@ class HtmlReport:
         if self.generated_at is not None:
             meta = f'<p class="meta">Generated {html.escape(format_cell(self.generated_at))}</p>'
         return (
-            "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{title}</title>"
+            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{title}</title>'
             f"<style>{_CSS}</style></head><body><h1>{title}</h1>{meta}\n"
             + "\n".join(self._blocks)
             + "\n</body></html>\n"

@@ -23,7 +23,7 @@ class ServiceInfo:
     token: str
 
     @staticmethod
-    def new(url: str) -> "ServiceInfo":
+    def new(url: str) -> ServiceInfo:
         return ServiceInfo(url=url, pid=os.getpid(), token=secrets.token_urlsafe(32))
 
 

@@ -140,8 +140,7 @@ def create_app(
     app = FastAPI(
         title="loopline",
         version="0.1.0",
-        description="Document Q&A over your groups' documents, with citations. "
-        "Authenticate with `X-API-Key`.",
+        description="Document Q&A over your groups' documents, with citations. Authenticate with `X-API-Key`.",
         lifespan=lifespan,
     )
     app.state.ctx = ctx

@@ -62,7 +62,7 @@ def handbook(tmp_path: Path) -> tuple[Path, dict[str, list[str]]]:
 
 # --- metadata store on SQLite and PostgreSQL (moved from tests/shared) -------------------
 # Fixtures of the shared-core tests: a metadata store on SQLite and on PostgreSQL.
-# 
+#
 # PostgreSQL tests each get a fresh, uniquely named database (created from template0 through
 # an AUTOCOMMIT connection and dropped afterwards), so they never see each other's rows.
 # The server is `LOOPLINE_TEST_POSTGRES_URL` (default: the local `test` database as

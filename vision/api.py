@@ -82,7 +82,8 @@ class _Models:
         sha = mv.tags.get(f"onnx.{precision}.sha256")
         if not path.exists() or not sha:
             raise HTTPException(
-                409, detail=f"version {mv.version} has no exported {precision} ONNX model: run `loopline vision export {mv.version}`"
+                409,
+                detail=f"version {mv.version} has no exported {precision} ONNX model: run `loopline vision export {mv.version}`",
             )
         names = _readable_names(path, mv.version, precision, mv.tags.get(f"onnx.{precision}.size"))
         return (
@@ -143,11 +144,13 @@ class FleetDrift:
         if not isinstance(payload, dict):
             return 0.0
         hist = {
-            k: v for k, v in list((payload.get("histograms") or {}).items())[:MAX_DRIFT_FEATURES]
+            k: v
+            for k, v in list((payload.get("histograms") or {}).items())[:MAX_DRIFT_FEATURES]
             if _FEATURE.match(str(k)) and isinstance(v, dict)
         }
         cats = {
-            k: {str(c)[:64]: n for c, n in list(v.items())[:MAX_CATEGORIES]} for k, v in list((payload.get("categories") or {}).items())[:MAX_DRIFT_FEATURES]
+            k: {str(c)[:64]: n for c, n in list(v.items())[:MAX_CATEGORIES]}
+            for k, v in list((payload.get("categories") or {}).items())[:MAX_DRIFT_FEATURES]
             if _FEATURE.match(str(k)) and isinstance(v, dict)
         }
         stream = drift_stream(fleet)
@@ -171,7 +174,11 @@ class FleetDrift:
         stream = drift_stream(fleet)
         if version is not None and self.monitor.reference_label(stream) != version:
             self.monitor.request_reference(stream, label=version)
-            log.info("fleet %s runs version %s now: drift reference requested from the frames arriving from now on", fleet, version)
+            log.info(
+                "fleet %s runs version %s now: drift reference requested from the frames arriving from now on",
+                fleet,
+                version,
+            )
 
 
 def _readable_names(path: Path, version: str, precision: str, recorded_size: str | None) -> list[str]:
@@ -181,8 +188,9 @@ def _readable_names(path: Path, version: str, precision: str, recorded_size: str
     size = path.stat().st_size
     if recorded_size is not None and recorded_size.isdigit() and int(recorded_size) != size:
         raise HTTPException(
-            409, detail=f"version {version}: {path.name} is {size:,} bytes, export wrote {int(recorded_size):,} "
-            f"(truncated or replaced): {redo}"
+            409,
+            detail=f"version {version}: {path.name} is {size:,} bytes, export wrote {int(recorded_size):,} "
+            f"(truncated or replaced): {redo}",
         )
     from google.protobuf.message import DecodeError
 
@@ -230,17 +238,23 @@ def build_router(
         return models.current(dev.fleet)[0]
 
     @router.get("/model/download", summary="Download the fleet's production model file.")
-    def download(version: str, precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"), dev: Device = Depends(device)):
+    def download(
+        version: str, precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"), dev: Device = Depends(device)
+    ):
         info, path = models.current(dev.fleet)
         if version != info.version or precision != info.precision:
-            raise HTTPException(404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'")
+            raise HTTPException(
+                404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'"
+            )
         ctx.metrics.record_download(dev.fleet, info.version)
         return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
 
     @router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
     def upload_frame(
         image: UploadFile = File(...),
-        meta: str = Form(..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"),
+        meta: str = Form(
+            ..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"
+        ),
         dev: Device = Depends(device),
     ):
         try:
@@ -294,7 +308,9 @@ def _store_once(frames: ObjectStore, key: str, data: bytes, sha: str, record: di
         return _same_frame(frames, key, sha)
     created = frames.put_if_absent(image_key, data)
     if not created and frames.get(image_key) != data:
-        raise _conflict(key, _sha_of_record(frames, record_key) or hashlib.sha256(frames.get(image_key)).hexdigest(), sha)
+        raise _conflict(
+            key, _sha_of_record(frames, record_key) or hashlib.sha256(frames.get(image_key)).hexdigest(), sha
+        )
     if frames.put_if_absent(record_key, json.dumps(record).encode()):  # written last: marks the frame complete
         return True
     try:
@@ -353,15 +369,18 @@ class FrameDecoder:
             with Image.open(BytesIO(data)) as header:
                 w, h = header.size
         except Image.DecompressionBombError:
-            raise HTTPException(422, detail=f"frame claims too many pixels; sides must be between 8 and {MAX_SIDE} pixels") from None
+            raise HTTPException(
+                422, detail=f"frame claims too many pixels; sides must be between 8 and {MAX_SIDE} pixels"
+            ) from None
         except (UnidentifiedImageError, OSError, ValueError):
             raise HTTPException(422, detail="frame could not be decoded (truncated or corrupt image)") from None
         if not (8 <= w <= MAX_SIDE and 8 <= h <= MAX_SIDE):
             raise HTTPException(422, detail=f"frame is {w}x{h}; sides must be between 8 and {MAX_SIDE} pixels")
         if w * h > self.max_pixels:
             raise HTTPException(
-                413, detail=f"frame is {w}x{h} = {w * h:,} pixels, over the limit of {self.max_pixels:,} "
-                "(setting LOOPLINE_FRAME_MAX_PIXELS)"
+                413,
+                detail=f"frame is {w}x{h} = {w * h:,} pixels, over the limit of {self.max_pixels:,} "
+                "(setting LOOPLINE_FRAME_MAX_PIXELS)",
             )
         with self._slots:
             img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)

@@ -55,7 +55,9 @@ def dataset() -> None:
 @click.option("--val", "n_val", default=50, show_default=True, help="Validation images.")
 @click.option("--imgsz", default=160, show_default=True, help="Image side in pixels.")
 @click.option("--seed", default=0, show_default=True, help="Same seed, same bytes.")
-@click.option("--shift", default=None, help="Distribution shift, e.g. 'brightness=40,blur=1.5,contrast=0.7,defect_look=1'.")
+@click.option(
+    "--shift", default=None, help="Distribution shift, e.g. 'brightness=40,blur=1.5,contrast=0.7,defect_look=1'."
+)
 def synth(out: Path, n_train: int, n_val: int, imgsz: int, seed: int, shift: str | None) -> None:
     """Write a synthetic inspection dataset (plates with scratch/spot/crack defects)."""
     from vision.datasets.synth import Shift, generate
@@ -95,7 +97,9 @@ def snapshot_cmd(data: Path, as_json: bool) -> None:
 
 
 @vision.command()
-@click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YOLO data.yaml.")
+@click.option(
+    "--data", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path), help="YOLO data.yaml."
+)
 @click.option("--model", default="yolov8n.yaml", show_default=True, help="Architecture to train from scratch (*.yaml).")
 @click.option("--epochs", default=20, show_default=True)
 @click.option("--imgsz", default=160, show_default=True)
@@ -103,7 +107,9 @@ def snapshot_cmd(data: Path, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--from", "from_version", default=None, help="Fine-tune this registered version (number or alias).")
 @click.option("--json", "as_json", is_flag=True, help="Print {version, weights, metrics}.")
-def train(data: Path, model: str, epochs: int, imgsz: int, batch: int, seed: int, from_version: str | None, as_json: bool) -> None:
+def train(
+    data: Path, model: str, epochs: int, imgsz: int, batch: int, seed: int, from_version: str | None, as_json: bool
+) -> None:
     """Train a detector, record the run in MLflow and register a new version (alias candidate)."""
     from vision.training import train_detector
 
@@ -112,8 +118,16 @@ def train(data: Path, model: str, epochs: int, imgsz: int, batch: int, seed: int
     click.echo(f"training {from_version and 'v' + from_version or model} for {epochs} epochs at {imgsz}px …", err=True)
     with _stdout_to_stderr():
         res = train_detector(
-            settings, store, registry, data=data, model=model, epochs=epochs, imgsz=imgsz, batch=batch,
-            from_version=from_version, seed=seed,
+            settings,
+            store,
+            registry,
+            data=data,
+            model=model,
+            epochs=epochs,
+            imgsz=imgsz,
+            batch=batch,
+            from_version=from_version,
+            seed=seed,
         )
     _echo(
         res.to_json(),
@@ -127,7 +141,12 @@ def train(data: Path, model: str, epochs: int, imgsz: int, batch: int, seed: int
 @click.argument("version")
 @click.option("--int8", is_flag=True, help="Also an INT8 (static, QDQ) model calibrated on training images.")
 @click.option("--fp16", is_flag=True, help="Also an FP16 model.")
-@click.option("--data", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None, help="data.yaml (default: the one it was trained on).")
+@click.option(
+    "--data",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="data.yaml (default: the one it was trained on).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {version, onnx: {precision: path}, …}.")
 def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json: bool) -> None:
     """Export VERSION to ONNX; each variant is scored and timed, the preferred one marked."""
@@ -203,9 +222,19 @@ def models(as_json: bool) -> None:
     rows = []
     for mv in registry.versions():
         m = registry.run_metrics(mv.version)
-        rows.append({"version": mv.version, "aliases": mv.aliases, "dataset_version": mv.tags.get("dataset_version"), "mAP50": m.get("mAP50"), "preferred_precision": mv.tags.get("preferred_precision")})
+        rows.append(
+            {
+                "version": mv.version,
+                "aliases": mv.aliases,
+                "dataset_version": mv.tags.get("dataset_version"),
+                "mAP50": m.get("mAP50"),
+                "preferred_precision": mv.tags.get("preferred_precision"),
+            }
+        )
     if as_json:
         click.echo(json.dumps(rows))
         return
     for r in rows:
-        click.echo(f"v{r['version']:<4} mAP50 {r['mAP50'] or 0:.3f}  data {r['dataset_version']}  {','.join(r['aliases'])}")
+        click.echo(
+            f"v{r['version']:<4} mAP50 {r['mAP50'] or 0:.3f}  data {r['dataset_version']}  {','.join(r['aliases'])}"
+        )

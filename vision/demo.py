@@ -39,10 +39,14 @@ def main() -> int:
 
     store = MetadataStore(settings.resolved_database_url)
     registry = ModelRegistry.from_settings(settings)
-    click.echo(f"training yolov8n from scratch for {epochs} epochs on the CPU (MLflow: {settings.resolved_mlflow_uri}) …")
+    click.echo(
+        f"training yolov8n from scratch for {epochs} epochs on the CPU (MLflow: {settings.resolved_mlflow_uri}) …"
+    )
     res = train_detector(settings, store, registry, data=data, model="yolov8n.yaml", epochs=epochs, imgsz=160, batch=16)
     per = ", ".join(f"{k} {v['ap50']:.2f}" for k, v in res.metrics["per_class"].items())
-    click.echo(f"version {res.version}: mAP50 {res.metrics['mAP50']:.3f} ({per}) in {res.seconds:.0f}s; dataset {res.dataset_version}")
+    click.echo(
+        f"version {res.version}: mAP50 {res.metrics['mAP50']:.3f} ({per}) in {res.seconds:.0f}s; dataset {res.dataset_version}"
+    )
 
     out = export_version(settings, registry, res.version, int8=True, data_yaml=data)
     for p, r in out["variants"].items():
@@ -60,7 +64,9 @@ def main() -> int:
     det = Detector(model, conf=0.25)
     selector = default_selector(conf=0.25)
     rng = np.random.default_rng(99)
-    click.echo(click.style("\nedge runtime over a stream of 24 new plates (the last 8 under a lighting shift):", bold=True))
+    click.echo(
+        click.style("\nedge runtime over a stream of 24 new plates (the last 8 under a lighting shift):", bold=True)
+    )
     kept = 0
     brightness: list[float] = []
     for i in range(24):
@@ -74,7 +80,9 @@ def main() -> int:
         kept += selected
         found = ", ".join(f"{d.name} {d.score:.2f}" for d in dets) or "nothing"
         mark = click.style(f"  → kept for labeling ({reason})", fg="yellow") if selected else ""
-        click.echo(f"  frame {i:02d}{' [shifted]' if shift.brightness else '          '} {ms:5.1f} ms  truth {len(truth)}  found: {found}{mark}")
+        click.echo(
+            f"  frame {i:02d}{' [shifted]' if shift.brightness else '          '} {ms:5.1f} ms  truth {len(truth)}  found: {found}{mark}"
+        )
     click.echo(f"\n{kept} of 24 frames kept for labeling.")
     value = psi(brightness[:16], brightness[16:])
     click.echo(

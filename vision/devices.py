@@ -25,7 +25,7 @@ class Device(BaseModel):
     token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
 
     @model_validator(mode="after")
-    def _one_token(self) -> "Device":
+    def _one_token(self) -> Device:
         if not (self.token or self.token_sha256):
             raise ValueError(f"device '{self.id}' needs a 'token' or a 'token_sha256'")
         return self
@@ -46,7 +46,7 @@ class DeviceRegistry:
         self._devices = list(devices)
 
     @classmethod
-    def from_file(cls, path: Path) -> "DeviceRegistry":
+    def from_file(cls, path: Path) -> DeviceRegistry:
         if not path.exists():
             return cls([])
         return cls(DevicesFile.model_validate(yaml.safe_load(path.read_text()) or {}).devices)

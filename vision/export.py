@@ -100,7 +100,9 @@ def quantize_int8(fp32_onnx: Path, calibration_images: list[Path], out: Path) ->
     )
     prepped.unlink(missing_ok=True)
     _copy_metadata(fp32_onnx, out)
-    log.info("INT8 model %s (%d head nodes kept in float, %d calibration images)", out, len(exclude), len(calibration_images))
+    log.info(
+        "INT8 model %s (%d head nodes kept in float, %d calibration images)", out, len(exclude), len(calibration_images)
+    )
     return out
 
 

@@ -43,9 +43,16 @@ def code_version(repo: Path | None = None) -> str:
     """The git commit of the code (with '+dirty' when modified), or the package version."""
     try:
         root = repo or Path(__file__).resolve().parent.parent
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if sha.returncode == 0:
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+            )
             return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         pass
@@ -71,7 +78,9 @@ class ModelRegistry:
         exp = self.client.get_experiment_by_name(EXPERIMENT)
         if exp is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = self.client.create_experiment(EXPERIMENT, artifact_location=artifact_root.resolve().as_uri())
+            self.experiment_id = self.client.create_experiment(
+                EXPERIMENT, artifact_location=artifact_root.resolve().as_uri()
+            )
         else:
             self.experiment_id = exp.experiment_id
         try:
@@ -80,7 +89,7 @@ class ModelRegistry:
             self.client.create_registered_model(name, description="loopline detector (YOLO, ONNX variants)")
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "ModelRegistry":
+    def from_settings(cls, settings: Settings) -> ModelRegistry:
         settings.ensure_home()
         return cls(settings.resolved_mlflow_uri, settings.home / "mlartifacts", settings.registered_model)
 
@@ -129,18 +138,26 @@ class ModelRegistry:
         """A version by number, or by alias (`production`, `candidate`, `production-line-2`)."""
         ref = str(ref)
         try:
-            mv = self.client.get_model_version(self.name, ref) if ref.isdigit() else self.client.get_model_version_by_alias(self.name, ref)
+            mv = (
+                self.client.get_model_version(self.name, ref)
+                if ref.isdigit()
+                else self.client.get_model_version_by_alias(self.name, ref)
+            )
         except Exception as exc:
-            raise LookupError(f"no version '{ref}' of model '{self.name}' in the registry ({self.tracking_uri})") from exc
+            raise LookupError(
+                f"no version '{ref}' of model '{self.name}' in the registry ({self.tracking_uri})"
+            ) from exc
         return ModelVersion(
-            version=str(mv.version), run_id=mv.run_id, source=mv.source, tags=dict(mv.tags or {}), aliases=list(mv.aliases or [])
+            version=str(mv.version),
+            run_id=mv.run_id,
+            source=mv.source,
+            tags=dict(mv.tags or {}),
+            aliases=list(mv.aliases or []),
         )
 
     def versions(self) -> list[ModelVersion]:
         found = self.client.search_model_versions(f"name='{self.name}'")
-        return sorted(
-            (self.get(str(mv.version)) for mv in found), key=lambda m: int(m.version)
-        )
+        return sorted((self.get(str(mv.version)) for mv in found), key=lambda m: int(m.version))
 
     def run_metrics(self, version: str) -> dict[str, float]:
         return dict(self.client.get_run(self.get(version).run_id).data.metrics)
@@ -187,4 +204,8 @@ class ModelRegistry:
     def download(self, version: str, artifact: str, dst: Path) -> Path:
         rid = self.get(version).run_id
         dst.mkdir(parents=True, exist_ok=True)
-        return Path(self._mlflow.artifacts.download_artifacts(run_id=rid, artifact_path=artifact, dst_path=str(dst), tracking_uri=self.tracking_uri))
+        return Path(
+            self._mlflow.artifacts.download_artifacts(
+                run_id=rid, artifact_path=artifact, dst_path=str(dst), tracking_uri=self.tracking_uri
+            )
+        )

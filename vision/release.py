@@ -106,7 +106,12 @@ def export_version(
         )
     registry.set_tags(mv.version, {"preferred_precision": preferred, "precisions": ",".join(onnx)})
     log.info("version %s exported: %s; preferred %s", mv.version, {p: r["mAP50"] for p, r in report.items()}, preferred)
-    return {"version": mv.version, "onnx": {p: str(x) for p, x in onnx.items()}, "variants": report, "preferred": preferred}
+    return {
+        "version": mv.version,
+        "onnx": {p: str(x) for p, x in onnx.items()},
+        "variants": report,
+        "preferred": preferred,
+    }
 
 
 def choose_preferred(report: dict[str, dict]) -> str:
@@ -127,7 +132,5 @@ def _data_of(registry: ModelRegistry, version: str) -> Path:
     run = registry.client.get_run(registry.get(version).run_id)
     data = run.data.params.get("data")
     if not data or not Path(data).exists():
-        raise FileNotFoundError(
-            f"version {version} was trained on {data!r}, which is not here: pass --data DATA.yaml"
-        )
+        raise FileNotFoundError(f"version {version} was trained on {data!r}, which is not here: pass --data DATA.yaml")
     return Path(data)

@@ -123,7 +123,12 @@ def train_detector(
         if not best.exists():
             best = runs / name / "weights" / "last.pt"
         metrics = evaluate_detector(best, dataset.data_yaml, split="val", imgsz=imgsz)
-        flat = {"mAP50": metrics["mAP50"], "mAP50-95": metrics["mAP50-95"], "precision": metrics["precision"], "recall": metrics["recall"]}
+        flat = {
+            "mAP50": metrics["mAP50"],
+            "mAP50-95": metrics["mAP50-95"],
+            "precision": metrics["precision"],
+            "recall": metrics["recall"],
+        }
         for cls, m in metrics["per_class"].items():
             flat[f"ap50.{cls}"] = m["ap50"]
         params = {

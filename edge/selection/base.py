@@ -73,7 +73,12 @@ class Params:
         return default
 
     def number(
-        self, key: str, *, default: Any = _MISSING, low: float | None = None, high: float | None = None,
+        self,
+        key: str,
+        *,
+        default: Any = _MISSING,
+        low: float | None = None,
+        high: float | None = None,
         low_open: bool = False,
     ) -> float:
         """A float in [low, high] (or (low, high] with low_open); a problem is recorded otherwise."""
@@ -89,7 +94,9 @@ class Params:
         if not ok:
             lo = "-inf" if low is None else f"{low:g}"
             hi = "inf" if high is None else f"{high:g}"
-            self.problems.append(f"param '{key}' must be a number in {'(' if low_open else '['}{lo}, {hi}], got {value!r}")
+            self.problems.append(
+                f"param '{key}' must be a number in {'(' if low_open else '['}{lo}, {hi}], got {value!r}"
+            )
             return float("nan")
         return value
 
@@ -109,13 +116,16 @@ class Params:
         if value is None or value is _MISSING:
             return ClassFilter()
         items = [value] if isinstance(value, (str, int)) and not isinstance(value, bool) else value
-        if not isinstance(items, (list, tuple)) or not items or not all(
-            isinstance(v, (str, int)) and not isinstance(v, bool) for v in items
+        if (
+            not isinstance(items, (list, tuple))
+            or not items
+            or not all(isinstance(v, (str, int)) and not isinstance(v, bool) for v in items)
         ):
             self.problems.append(f"param '{key}' must be a non-empty list of class names or ids, got {value!r}")
             return ClassFilter()
         return ClassFilter(
-            names=frozenset(v for v in items if isinstance(v, str)), ids=frozenset(v for v in items if isinstance(v, int))
+            names=frozenset(v for v in items if isinstance(v, str)),
+            ids=frozenset(v for v in items if isinstance(v, int)),
         )
 
     def problem(self, message: str) -> None:

@@ -31,4 +31,6 @@ class RandomShare:
 
 def build(name: str, params: Params, ctx: BuildContext) -> RandomShare:
     """Params: share (0 < share <= 1, default 0.02)."""
-    return RandomShare(name=name, share=params.number("share", default=0.02, low=0.0, high=1.0, low_open=True), rng=ctx.rng)
+    return RandomShare(
+        name=name, share=params.number("share", default=0.02, low=0.0, high=1.0, low_open=True), rng=ctx.rng
+    )

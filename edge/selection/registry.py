@@ -29,12 +29,16 @@ RULE_BUILDERS: Mapping[str, Builder] = MappingProxyType(
 
 
 def load_rules(
-    config: Sequence[Mapping[str, Any]], *, rng: random.Random | None = None,
+    config: Sequence[Mapping[str, Any]],
+    *,
+    rng: random.Random | None = None,
     builders: Mapping[str, Builder] = RULE_BUILDERS,
 ) -> list[Rule]:
     """Build the rules of `config`, in order; raise SelectionConfigError listing every problem."""
     if isinstance(config, (str, bytes)) or not isinstance(config, Sequence):
-        raise SelectionConfigError([f"rules must be a list of {{type, name, ...params}} objects, got {type(config).__name__}"])
+        raise SelectionConfigError(
+            [f"rules must be a list of {{type, name, ...params}} objects, got {type(config).__name__}"]
+        )
     ctx = BuildContext(rng=rng if rng is not None else random.Random())
     problems: list[str] = []
     rules: list[Rule] = []
@@ -53,7 +57,9 @@ def load_rules(
             else:
                 seen[name] = i + 1
         else:
-            problems.append(f"{where}: 'name' must be a non-empty string (it is the reason reported for selected frames)")
+            problems.append(
+                f"{where}: 'name' must be a non-empty string (it is the reason reported for selected frames)"
+            )
         if rtype not in builders:
             known = ", ".join(sorted(builders))
             problems.append(f"{where}: unknown type {rtype!r} (known: {known})")

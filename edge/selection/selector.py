@@ -69,7 +69,10 @@ class FrameSelector:
 
     @classmethod
     def from_config(
-        cls, config: Mapping[str, Any] | Sequence[Mapping[str, Any]], *, rng: random.Random | None = None,
+        cls,
+        config: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
     ) -> FrameSelector:
         """From data: {"rules": [...], "per_minute", "per_day", "dedup_distance", "dedup_window"}
@@ -93,7 +96,9 @@ class FrameSelector:
         window = limits.pop("dedup_window", None)
         return cls(rules, clock=clock, dedup_window=64 if window is None else window, **limits)
 
-    def decide(self, frame_bgr: np.ndarray, detections: Sequence[Detection], now: float | None = None) -> tuple[bool, str | None]:
+    def decide(
+        self, frame_bgr: np.ndarray, detections: Sequence[Detection], now: float | None = None
+    ) -> tuple[bool, str | None]:
         """(selected, reason): reason is the first matching rule's name, None when no rule matched."""
         reason = next((r.name for r in self.rules if r.matches(frame_bgr, detections)), None)
         if reason is None:
@@ -114,7 +119,9 @@ class FrameSelector:
             if cause is not None:
                 self._suppressed[cause] += 1
                 if cause == "per_day" and self._suppressed[cause] == 1:
-                    log.warning("daily selection quota of %d frames reached; further matches are not kept", self.per_day)
+                    log.warning(
+                        "daily selection quota of %d frames reached; further matches are not kept", self.per_day
+                    )
                 return False, reason
             self._day.append(now)
             self._minute.append(now)

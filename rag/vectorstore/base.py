@@ -107,7 +107,7 @@ class VectorStore(ABC):
     @abstractmethod
     def close(self) -> None: ...
 
-    def __enter__(self) -> "VectorStore":
+    def __enter__(self) -> VectorStore:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -143,7 +143,9 @@ class EdgeStore(VectorStore):
                     qe.Prefetch(limit=fetch, query=dense_q, filter=flt),
                     qe.Prefetch(
                         limit=fetch,
-                        query=qe.Query.Nearest(qe.SparseVector(indices=sparse.indices, values=sparse.values), using=SPARSE),
+                        query=qe.Query.Nearest(
+                            qe.SparseVector(indices=sparse.indices, values=sparse.values), using=SPARSE
+                        ),
                         filter=flt,
                     ),
                 ],

@@ -39,9 +39,7 @@ RRF_K = 60
 _LOCKED_MARK = "already accessed by another instance"
 
 
-def _groups_filter(
-    groups: Sequence[str] | None, extra: list[models.Condition] | None = None
-) -> models.Filter | None:
+def _groups_filter(groups: Sequence[str] | None, extra: list[models.Condition] | None = None) -> models.Filter | None:
     must: list[models.Condition] = list(extra or [])
     if groups is not None:
         # An empty group list must match nothing, not everything: say so with a sentinel
@@ -65,7 +63,7 @@ class QdrantServerStore(VectorStore):
         self._known = False  # the collection was seen to exist: skip a round trip per call
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "QdrantServerStore":
+    def from_settings(cls, settings: Settings) -> QdrantServerStore:
         if settings.qdrant_url:
             key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
             client = QdrantClient(url=settings.qdrant_url, api_key=key)

@@ -14,9 +14,7 @@ class ChangePlan:
     deleted: list[str] = field(default_factory=list)
 
 
-def plan_changes(
-    indexed: Mapping[str, str], found: Mapping[str, str], *, complete: bool = True
-) -> ChangePlan:
+def plan_changes(indexed: Mapping[str, str], found: Mapping[str, str], *, complete: bool = True) -> ChangePlan:
     """Compare {path: hash} of the index with {path: hash} found now.
 
     Paths absent from `found` are deleted only when the scan is `complete` (a folder),

@@ -51,7 +51,9 @@ class ParseWorker:
     at once. The child is started on first use and kept between calls.
     """
 
-    def __init__(self, timeout_s: float, *, preload: Sequence[str] = (), limit_name: str = "LOOPLINE_PARSE_TIMEOUT_S") -> None:
+    def __init__(
+        self, timeout_s: float, *, preload: Sequence[str] = (), limit_name: str = "LOOPLINE_PARSE_TIMEOUT_S"
+    ) -> None:
         self.timeout_s = timeout_s
         self.limit_name = limit_name
         self._context = multiprocessing.get_context("forkserver")
@@ -76,10 +78,14 @@ class ParseWorker:
                 if not self._process.is_alive():  # type: ignore[union-attr]
                     code = self._process.exitcode  # type: ignore[union-attr]
                     self._kill()
-                    raise Rejected(f"the parser process died (exit code {code}); the file may need more memory than is available")
+                    raise Rejected(
+                        f"the parser process died (exit code {code}); the file may need more memory than is available"
+                    )
                 if time.monotonic() > deadline:
                     self._kill()
-                    raise Rejected(f"took longer than {self.timeout_s:g} s to load and chunk (raise {self.limit_name} to allow more)")
+                    raise Rejected(
+                        f"took longer than {self.timeout_s:g} s to load and chunk (raise {self.limit_name} to allow more)"
+                    )
             try:
                 status, value = conn.recv()
             except EOFError:

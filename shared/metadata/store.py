@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from datetime import datetime
+from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.engine import make_url
@@ -46,7 +46,7 @@ class DocumentInfo:
     updated_at: datetime
 
     @classmethod
-    def of(cls, row: DocumentRow) -> "DocumentInfo":
+    def of(cls, row: DocumentRow) -> DocumentInfo:
         return cls(
             id=row.id,
             source=row.source,
@@ -81,7 +81,7 @@ class DatasetVersionInfo:
         return f"{self.name}@{self.version}"
 
     @classmethod
-    def of(cls, row: DatasetVersionRow) -> "DatasetVersionInfo":
+    def of(cls, row: DatasetVersionRow) -> DatasetVersionInfo:
         return cls(
             id=row.id,
             name=row.name,
@@ -226,7 +226,9 @@ class MetadataStore:
         process holding the embedded stores of a home, at start.
         """
         with self.session() as s, s.begin():
-            runs = list(s.scalars(select(IngestRun).where(IngestRun.status == "running", IngestRun.kind.in_(list(kinds)))))
+            runs = list(
+                s.scalars(select(IngestRun).where(IngestRun.status == "running", IngestRun.kind.in_(list(kinds))))
+            )
             for run in runs:
                 run.status = "interrupted"
                 run.error = reason
@@ -264,7 +266,9 @@ class MetadataStore:
         self, *, user: str, question: str, answer: str, rating: int, comment: str = "", extra: dict | None = None
     ) -> int:
         with self.session() as s, s.begin():
-            fb = Feedback(user=user, question=question, answer=answer, rating=rating, comment=comment, extra=extra or {})
+            fb = Feedback(
+                user=user, question=question, answer=answer, rating=rating, comment=comment, extra=extra or {}
+            )
             s.add(fb)
             s.flush()
             return fb.id
@@ -341,8 +345,6 @@ class MetadataStore:
     def _find_dataset_version(self, name: str, version: str) -> DatasetVersionInfo | None:
         with self.session() as s:
             row = s.scalar(
-                select(DatasetVersionRow).where(
-                    DatasetVersionRow.name == name, DatasetVersionRow.version == version
-                )
+                select(DatasetVersionRow).where(DatasetVersionRow.name == name, DatasetVersionRow.version == version)
             )
             return DatasetVersionInfo.of(row) if row else None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -31,9 +31,7 @@ class DocumentRow(Base):
     chunk_count: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    group_rows: Mapped[list["DocumentGroup"]] = relationship(
-        cascade="all, delete-orphan", lazy="selectin"
-    )
+    group_rows: Mapped[list[DocumentGroup]] = relationship(cascade="all, delete-orphan", lazy="selectin")
 
     @property
     def groups(self) -> list[str]:
@@ -45,9 +43,7 @@ class DocumentGroup(Base):
 
     __tablename__ = "document_groups"
 
-    document_id: Mapped[str] = mapped_column(
-        ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True
-    )
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id", ondelete="CASCADE"), primary_key=True)
     group: Mapped[str] = mapped_column(String(128), primary_key=True, index=True)
 
 

@@ -166,7 +166,9 @@ class DriftMonitor:
         from the totals as sent. Returns how many observations were added.
         """
         if edges is not None:
-            return self.record_totals(stream, source=source, epoch=epoch, histograms={feature: {"edges": edges, "counts": counts}})
+            return self.record_totals(
+                stream, source=source, epoch=epoch, histograms={feature: {"edges": edges, "counts": counts}}
+            )
         return self.record_totals(stream, source=source, epoch=epoch, categories={feature: counts})  # type: ignore[dict-item]
 
     def record_totals(
@@ -205,7 +207,11 @@ class DriftMonitor:
                     d = cur - np.asarray(prev["counts"])
                     delta = d if (d >= 0).all() else cur
                 if delta.sum() > 0:
-                    obs.append(Observation(stream, feature, "histogram", counts=tuple(delta.tolist()), edges=tuple(now_t["edges"])))
+                    obs.append(
+                        Observation(
+                            stream, feature, "histogram", counts=tuple(delta.tolist()), edges=tuple(now_t["edges"])
+                        )
+                    )
             else:
                 cats = now_t["categories"]
                 before = (prev or {}).get("categories", {})
@@ -246,7 +252,14 @@ class DriftMonitor:
             if ref is not None:
                 frozen[feature] = ref
         if not frozen:
-            log.warning("no reference frozen for stream %s (%s): no feature had %d values between %s and %s", stream, label, need, lo, hi)
+            log.warning(
+                "no reference frozen for stream %s (%s): no feature had %d values between %s and %s",
+                stream,
+                label,
+                need,
+                lo,
+                hi,
+            )
         return frozen
 
     def request_reference(self, stream: str, *, label: str, since: datetime | None = None) -> None:
@@ -275,11 +288,17 @@ class DriftMonitor:
             by_feature: dict[str, list[Bucket]] = defaultdict(list)
             for b in self.drift_store.buckets(stream=req.stream, since=req.since, until=hi):
                 by_feature[b.feature].append(b)
-            done = {r.feature for r in self.drift_store.references(req.stream) if r.label == req.label and r.since >= req.since}
+            done = {
+                r.feature
+                for r in self.drift_store.references(req.stream)
+                if r.label == req.label and r.since >= req.since
+            }
             for feature, buckets in sorted(by_feature.items()):
                 if feature in done:
                     continue
-                ref = self._freeze(req.stream, feature, req.label, buckets, req.since, hi, self.min_reference, quiet=True)
+                ref = self._freeze(
+                    req.stream, feature, req.label, buckets, req.since, hi, self.min_reference, quiet=True
+                )
                 if ref is not None:
                     frozen.append(ref)
                     done.add(feature)
@@ -290,8 +309,11 @@ class DriftMonitor:
                 self.drift_store.close_request(req.id)
                 log.warning(
                     "reference %s of stream %s: %s never reached %d values in %.0f h; they keep their previous reference",
-                    req.label, req.stream, ", ".join(sorted(set(by_feature) - done)) or "no feature",
-                    self.min_reference, self.request_ttl_s / 3600,
+                    req.label,
+                    req.stream,
+                    ", ".join(sorted(set(by_feature) - done)) or "no feature",
+                    self.min_reference,
+                    self.request_ttl_s / 3600,
                 )
         return frozen
 
@@ -312,12 +334,25 @@ class DriftMonitor:
             if not quiet:
                 log.warning(
                     "stream %s feature %s: %d values between %s and %s, fewer than the %d a reference needs; not frozen",
-                    stream, feature, 0 if built is None else built[1], lo, hi, need,
+                    stream,
+                    feature,
+                    0 if built is None else built[1],
+                    lo,
+                    hi,
+                    need,
                 )
             return None
         kind, n, data = built
         return self.drift_store.add_reference(
-            stream=stream, feature=feature, label=label, kind=kind, since=lo, until=hi, n=n, data=data, created_at=self.now()
+            stream=stream,
+            feature=feature,
+            label=label,
+            kind=kind,
+            since=lo,
+            until=hi,
+            n=n,
+            data=data,
+            created_at=self.now(),
         )
 
     def _build(self, buckets: list[Bucket]) -> tuple[str, float, dict] | None:
@@ -527,7 +562,9 @@ class BufferedRecorder:
             try:
                 self.monitor.record_many(stream, features)
             except Exception:
-                log.exception("drift values of stream %s not written (%d dropped)", stream, sum(map(len, features.values())))
+                log.exception(
+                    "drift values of stream %s not written (%d dropped)", stream, sum(map(len, features.values()))
+                )
 
     def close(self) -> None:
         self._stop.set()

@@ -294,7 +294,14 @@ class DriftStore:
     ) -> Reference:
         with self.store.session() as s, s.begin():
             row = DriftReferenceRow(
-                stream=stream, feature=feature, label=label, kind=kind, since=since, until=until, n=n, data=data,
+                stream=stream,
+                feature=feature,
+                label=label,
+                kind=kind,
+                since=since,
+                until=until,
+                n=n,
+                data=data,
                 created_at=created_at or utcnow(),
             )
             s.add(row)
@@ -315,16 +322,22 @@ class DriftStore:
         """The active (newest) reference of every stream and feature."""
         newest = select(func.max(DriftReferenceRow.id)).group_by(DriftReferenceRow.stream, DriftReferenceRow.feature)
         with self.store.session() as s:
-            rows = s.scalars(select(DriftReferenceRow).where(DriftReferenceRow.id.in_(newest)).order_by(DriftReferenceRow.id))
+            rows = s.scalars(
+                select(DriftReferenceRow).where(DriftReferenceRow.id.in_(newest)).order_by(DriftReferenceRow.id)
+            )
             return [_reference(r) for r in rows]
 
     # --- reference requests ------------------------------------------------------------
     def open_request(self, stream: str, label: str, since: datetime) -> ReferenceRequest:
         """Ask for a reference after `since`; replaces an open request of another label."""
         with self._lock, self.store.session() as s, s.begin():
-            rows = list(s.scalars(select(DriftReferenceRequestRow).where(
-                DriftReferenceRequestRow.stream == stream, DriftReferenceRequestRow.open.is_(True)
-            ).with_for_update()))
+            rows = list(
+                s.scalars(
+                    select(DriftReferenceRequestRow)
+                    .where(DriftReferenceRequestRow.stream == stream, DriftReferenceRequestRow.open.is_(True))
+                    .with_for_update()
+                )
+            )
             for row in rows:
                 if row.label == label:
                     return ReferenceRequest(row.id, row.stream, row.label, as_utc(row.since))
@@ -335,7 +348,11 @@ class DriftStore:
             return ReferenceRequest(row.id, stream, label, as_utc(since))
 
     def open_requests(self, stream: str | None = None) -> list[ReferenceRequest]:
-        q = select(DriftReferenceRequestRow).where(DriftReferenceRequestRow.open.is_(True)).order_by(DriftReferenceRequestRow.id)
+        q = (
+            select(DriftReferenceRequestRow)
+            .where(DriftReferenceRequestRow.open.is_(True))
+            .order_by(DriftReferenceRequestRow.id)
+        )
         if stream is not None:
             q = q.where(DriftReferenceRequestRow.stream == stream)
         with self.store.session() as s:
@@ -348,7 +365,9 @@ class DriftStore:
                 row.open = False
 
     # --- cursors -----------------------------------------------------------------------
-    def advance_cursors(self, source: str, stream: str, epoch: str, totals: Mapping[str, dict]) -> dict[str, dict | None]:
+    def advance_cursors(
+        self, source: str, stream: str, epoch: str, totals: Mapping[str, dict]
+    ) -> dict[str, dict | None]:
         """Store each feature's latest running totals; return the previous ones of the same epoch."""
         previous: dict[str, dict | None] = {}
         with self._lock, self.store.session() as s, s.begin():
@@ -356,7 +375,16 @@ class DriftStore:
                 row = s.get(DriftCursorRow, (source, stream, feature), with_for_update=True)
                 previous[feature] = dict(row.data) if row is not None and row.epoch == epoch else None
                 if row is None:
-                    s.add(DriftCursorRow(source=source, stream=stream, feature=feature, epoch=epoch, data=dict(data), updated_at=utcnow()))
+                    s.add(
+                        DriftCursorRow(
+                            source=source,
+                            stream=stream,
+                            feature=feature,
+                            epoch=epoch,
+                            data=dict(data),
+                            updated_at=utcnow(),
+                        )
+                    )
                 else:
                     row.epoch, row.data, row.updated_at = epoch, dict(data), utcnow()
         return previous

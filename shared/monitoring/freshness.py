@@ -96,7 +96,9 @@ def freshness(
             ).all()
         )
         first_try = dict(
-            s.execute(select(IngestRun.source, func.min(IngestRun.started_at)).where(counted).group_by(IngestRun.source)).all()
+            s.execute(
+                select(IngestRun.source, func.min(IngestRun.started_at)).where(counted).group_by(IngestRun.source)
+            ).all()
         )
     monitored = set(first_try)
     wanted = sorted(monitored) if sources is None else sorted(set(sources))
@@ -109,7 +111,9 @@ def freshness(
         waited = age if age is not None else seconds_between(first_try[source], now) if source in monitored else 0.0
         breached = slo is not None and waited > slo
         state = "unmonitored" if slo is None else "stale" if breached else "fresh"
-        out.append(SourceFreshness(source=source, last_success_at=last, age_s=age, slo_s=slo, breached=breached, state=state))
+        out.append(
+            SourceFreshness(source=source, last_success_at=last, age_s=age, slo_s=slo, breached=breached, state=state)
+        )
     return sorted(out, key=lambda f: (not f.breached, -(f.age_s if f.age_s is not None else float("inf")), f.source))
 
 
@@ -137,6 +141,8 @@ def visible_source_freshness(
     for f in freshness(store, slos, now=now, sources=docs):
         n, changed = docs[f.source]
         out.append(
-            VisibleSource(**f.model_dump(), documents=n, last_change_at=as_utc(changed) if changed is not None else None)
+            VisibleSource(
+                **f.model_dump(), documents=n, last_change_at=as_utc(changed) if changed is not None else None
+            )
         )
     return out

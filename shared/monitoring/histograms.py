@@ -162,7 +162,9 @@ def weighted_quantiles(values: np.ndarray, probs: Sequence[float], weights: np.n
     return np.interp(np.asarray(probs) * w.sum(), cum, v)
 
 
-def quantile_edges(values: Iterable[float], bins: int = 10, weights: Iterable[float] | None = None) -> tuple[float, ...]:
+def quantile_edges(
+    values: Iterable[float], bins: int = 10, weights: Iterable[float] | None = None
+) -> tuple[float, ...]:
     """Cut points at the reference's quantiles 1/bins … (bins-1)/bins (deciles by default).
 
     Repeated quantiles (a value holding at least one share of the mass: a constant feature, a

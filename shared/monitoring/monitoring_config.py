@@ -82,7 +82,9 @@ def load_monitoring_config(settings: Settings) -> MonitoringConfig:
         except yaml.YAMLError as exc:
             raise ValueError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping with webhooks/freshness/runs/drift/actions, got {type(data).__name__}")
+            raise ValueError(
+                f"{path}: expected a mapping with webhooks/freshness/runs/drift/actions, got {type(data).__name__}"
+            )
     try:
         config = MonitoringConfig.model_validate(data)
     except ValidationError as exc:

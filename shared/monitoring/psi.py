@@ -69,7 +69,10 @@ class PsiResult:
             "reference_n": _num(self.reference_n),
             "current_n": _num(self.current_n),
             "bins": [
-                {k: (round(v, 6) if isinstance(v, float) and k not in ("lower", "upper") else v) for k, v in asdict(b).items()}
+                {
+                    k: (round(v, 6) if isinstance(v, float) and k not in ("lower", "upper") else v)
+                    for k, v in asdict(b).items()
+                }
                 for b in self.bins
             ],
         }
@@ -99,8 +102,10 @@ def psi_from_counts(
     return float(np.sum(terms))
 
 
-def psi_status(value: float | None, warn: float = DEFAULT_WARN, alert: float = DEFAULT_ALERT) -> PsiLevel | Literal["no_data"]:
-    """"ok" below warn, "warn" from warn, "alert" from alert; "no_data" when there is no PSI."""
+def psi_status(
+    value: float | None, warn: float = DEFAULT_WARN, alert: float = DEFAULT_ALERT
+) -> PsiLevel | Literal["no_data"]:
+    """ "ok" below warn, "warn" from warn, "alert" from alert; "no_data" when there is no PSI."""
     if value is None:
         return "no_data"
     if value >= alert:

@@ -31,7 +31,9 @@ def read_values(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise click.ClickException(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); give one value per line") from exc
+        raise click.ClickException(
+            f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start}); give one value per line"
+        ) from exc
     return [s for line in text.splitlines() if (s := line.strip()) and not s.startswith("#")]
 
 
@@ -48,18 +50,54 @@ def _numbers_or_fail(path: Path, values: list[str]) -> list[float]:
 
 
 @click.command("psi")
-@click.option("--reference", "reference_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File of reference values, one per line.")
-@click.option("--current", "current_file", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="File of current values, one per line.")
-@click.option("--categorical/--numeric", "categorical", default=None,
-              help="Compare as categories or as numbers (default: numbers if every line is one).")
-@click.option("--bins", default=DEFAULT_BINS, show_default=True, type=click.IntRange(2, 1000),
-              help="Quantile bins of numeric values (10: deciles).")
-@click.option("--smoothing", default=DEFAULT_SMOOTHING, show_default=True, type=click.FloatRange(0, None),
-              help="Pseudocount added to every bin before shares are taken.")
-@click.option("--warn", default=DEFAULT_WARN, show_default=True, type=click.FloatRange(0, None), help="PSI from which status is 'warn'.")
-@click.option("--alert", default=DEFAULT_ALERT, show_default=True, type=click.FloatRange(0, None), help="PSI from which status is 'alert'.")
+@click.option(
+    "--reference",
+    "reference_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File of reference values, one per line.",
+)
+@click.option(
+    "--current",
+    "current_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="File of current values, one per line.",
+)
+@click.option(
+    "--categorical/--numeric",
+    "categorical",
+    default=None,
+    help="Compare as categories or as numbers (default: numbers if every line is one).",
+)
+@click.option(
+    "--bins",
+    default=DEFAULT_BINS,
+    show_default=True,
+    type=click.IntRange(2, 1000),
+    help="Quantile bins of numeric values (10: deciles).",
+)
+@click.option(
+    "--smoothing",
+    default=DEFAULT_SMOOTHING,
+    show_default=True,
+    type=click.FloatRange(0, None),
+    help="Pseudocount added to every bin before shares are taken.",
+)
+@click.option(
+    "--warn",
+    default=DEFAULT_WARN,
+    show_default=True,
+    type=click.FloatRange(0, None),
+    help="PSI from which status is 'warn'.",
+)
+@click.option(
+    "--alert",
+    default=DEFAULT_ALERT,
+    show_default=True,
+    type=click.FloatRange(0, None),
+    help="PSI from which status is 'alert'.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: psi, status, bins.")
 def psi(
     reference_file: Path,
@@ -92,8 +130,10 @@ def psi(
         click.echo(json.dumps(payload | {k: v for k, v in result.to_json().items() if k != "psi"}, indent=2))
         return
     click.echo(_table(result))
-    click.echo(f"PSI {result.psi:.4f}: {status} (warn from {warn}, alert from {alert}; "
-               f"{result.kind}, {_n(result.reference_n)} reference and {_n(result.current_n)} current values)")
+    click.echo(
+        f"PSI {result.psi:.4f}: {status} (warn from {warn}, alert from {alert}; "
+        f"{result.kind}, {_n(result.reference_n)} reference and {_n(result.current_n)} current values)"
+    )
 
 
 def _is_number(v: str) -> bool:

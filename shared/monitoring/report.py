@@ -40,7 +40,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUS_COLOURS = {"succeeded": "#2da44e", "partial": "#d4a72c", "failed": "#cf222e", "interrupted": "#bc4c00", "running": "#8250df"}
+STATUS_COLOURS = {
+    "succeeded": "#2da44e",
+    "partial": "#d4a72c",
+    "failed": "#cf222e",
+    "interrupted": "#bc4c00",
+    "running": "#8250df",
+}
 MODEL_METRICS = ("mAP50", "mAP50-95", "precision", "recall")
 History = dict[tuple[str, str], list[tuple[datetime, float]]]
 
@@ -87,7 +93,9 @@ def drift_figure(stream: str, history: dict[str, list[tuple[datetime, float]]], 
         ax.tick_params(labelsize=8)
     for ax in axes[:, 0]:
         ax.set_ylabel("PSI")
-    fig.suptitle(f"{stream}: PSI over time (green < {thresholds.warn:g} ≤ yellow < {thresholds.alert:g} ≤ red)", fontsize=11)
+    fig.suptitle(
+        f"{stream}: PSI over time (green < {thresholds.warn:g} ≤ yellow < {thresholds.alert:g} ≤ red)", fontsize=11
+    )
     return fig
 
 
@@ -132,16 +140,38 @@ def runs_figure(runs: Sequence[RunRecord]) -> Figure:
         mine = [r for r in runs if r.kind == kind]
         done = [r for r in mine if r.duration_s is not None and r.status in ("succeeded", "partial")]
         if done:
-            top.scatter([r.started_at for r in done], [max(r.duration_s or 0, 1e-3) for r in done],
-                        marker=markers[i % len(markers)], s=22, color=palette[i % len(palette)], alpha=0.8, label=kind)
+            top.scatter(
+                [r.started_at for r in done],
+                [max(r.duration_s or 0, 1e-3) for r in done],
+                marker=markers[i % len(markers)],
+                s=22,
+                color=palette[i % len(palette)],
+                alpha=0.8,
+                label=kind,
+            )
     bad = [r for r in runs if r.status in ("failed", "interrupted")]
     if bad:
-        top.scatter([r.started_at for r in bad], [max(r.duration_s or 0, 1e-3) for r in bad],
-                    marker="x", s=60, color="#cf222e", linewidths=2, label="failed / interrupted")
+        top.scatter(
+            [r.started_at for r in bad],
+            [max(r.duration_s or 0, 1e-3) for r in bad],
+            marker="x",
+            s=60,
+            color="#cf222e",
+            linewidths=2,
+            label="failed / interrupted",
+        )
     running = [r for r in runs if r.status == "running"]
     if running:
-        top.scatter([r.started_at for r in running], [max(r.running_for_s or 0, 1e-3) for r in running],
-                    marker="^", s=70, facecolors="none", edgecolors="#8250df", linewidths=1.8, label="still running (so far)")
+        top.scatter(
+            [r.started_at for r in running],
+            [max(r.running_for_s or 0, 1e-3) for r in running],
+            marker="^",
+            s=70,
+            facecolors="none",
+            edgecolors="#8250df",
+            linewidths=1.8,
+            label="still running (so far)",
+        )
     top.set_yscale("log")
     top.set_ylabel("duration (s, log)")
     top.set_title("Pipeline runs: duration by start time")
@@ -268,8 +298,14 @@ def build_report(
     page.heading("Open alerts")
     page.table(
         [
-            {"severity": a.severity, "kind": a.kind, "key": a.key, "message": a.message,
-             "raised": a.raised_at, "seen": a.count}
+            {
+                "severity": a.severity,
+                "kind": a.kind,
+                "key": a.key,
+                "message": a.message,
+                "raised": a.raised_at,
+                "seen": a.count,
+            }
             for a in alerts
         ]
     )
@@ -281,18 +317,27 @@ def build_report(
     for (stream, feature), pts in history.items():
         by_stream[stream][feature] = [(as_utc(t), float(v)) for t, v in pts]
     for stream in sorted(by_stream):
-        page.figure(drift_figure(stream, by_stream[stream], config.drift), caption=f"PSI per feature of {stream} against the warn and alert thresholds.")
+        page.figure(
+            drift_figure(stream, by_stream[stream], config.drift),
+            caption=f"PSI per feature of {stream} against the warn and alert thresholds.",
+        )
     if statuses:
         page.table(statuses, ["stream", "feature", "status", "psi", "reference_n", "current_n"])
 
     page.heading("Freshness")
     if fresh:
-        page.figure(freshness_figure(fresh), caption="Age of each source's last successful refresh; the black mark is its SLO.")
+        page.figure(
+            freshness_figure(fresh), caption="Age of each source's last successful refresh; the black mark is its SLO."
+        )
         page.table(
             [
-                {"source": f.source, "state": f.state, "last success": f.last_success_at,
-                 "age (h)": None if f.age_s is None else round(f.age_s / 3600, 2),
-                 "SLO (h)": None if f.slo_s is None else f.slo_s / 3600}
+                {
+                    "source": f.source,
+                    "state": f.state,
+                    "last success": f.last_success_at,
+                    "age (h)": None if f.age_s is None else round(f.age_s / 3600, 2),
+                    "SLO (h)": None if f.slo_s is None else f.slo_s / 3600,
+                }
                 for f in fresh
             ]
         )
@@ -301,11 +346,21 @@ def build_report(
 
     page.heading("Pipeline runs")
     if runs:
-        page.figure(runs_figure(runs), caption=f"Runs of the last {days} days: durations (failures as red crosses) and outcomes per day.")
+        page.figure(
+            runs_figure(runs),
+            caption=f"Runs of the last {days} days: durations (failures as red crosses) and outcomes per day.",
+        )
         page.table(
             [
-                {"run": r.id, "kind": r.kind, "source": short_source(r.source, 60), "status": r.status,
-                 "started": r.started_at, "duration (s)": r.duration_s, "error": r.error}
+                {
+                    "run": r.id,
+                    "kind": r.kind,
+                    "source": short_source(r.source, 60),
+                    "status": r.status,
+                    "started": r.started_at,
+                    "duration (s)": r.duration_s,
+                    "error": r.error,
+                }
                 for r in reversed(runs[-20:])
             ]
         )

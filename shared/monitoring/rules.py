@@ -129,7 +129,11 @@ class Monitor:
             if not f.breached:
                 continue
             stale.add(f.source)
-            when = f"was last refreshed {_hours(f.age_s)} ago" if f.age_s is not None else "has never been refreshed successfully"
+            when = (
+                f"was last refreshed {_hours(f.age_s)} ago"
+                if f.age_s is not None
+                else "has never been refreshed successfully"
+            )
             raise_(
                 "freshness",
                 f.source,

@@ -92,14 +92,25 @@ class WebhookSink:
                 if response.status_code < 500 and response.status_code not in RETRIED_STATUS:
                     log.error(
                         "webhook %s refused alert %s/%s with %s: %s (not retried; check the receiver's URL and auth)",
-                        self.url, alert.kind, alert.key, problem, response.text[:200],
+                        self.url,
+                        alert.kind,
+                        alert.key,
+                        problem,
+                        response.text[:200],
                     )
                     return False
             if attempt < self.attempts:
                 delay = self.backoff_s * 2 ** (attempt - 1)
                 log.warning("webhook %s: %s on try %d; retrying in %.1fs", self.url, problem, attempt, delay)
                 self.sleep(delay)
-        log.error("webhook %s: alert %s/%s not delivered after %d tries (%s)", self.url, alert.kind, alert.key, self.attempts, problem)
+        log.error(
+            "webhook %s: alert %s/%s not delivered after %d tries (%s)",
+            self.url,
+            alert.kind,
+            alert.key,
+            self.attempts,
+            problem,
+        )
         return False
 
 

@@ -82,11 +82,22 @@ def build(home: Path, url: str, source, *, clock=None, metrics: Metrics | None =
     clock = clock or time.time
     metrics = metrics or Metrics()
     outbox = Outbox(home / "outbox", clock=clock)
-    uploader = Uploader(outbox, central=url, token=TOKEN, device_id=DEVICE, metrics_snapshot=metrics.snapshot, clock=clock, timeout=5)
+    uploader = Uploader(
+        outbox, central=url, token=TOKEN, device_id=DEVICE, metrics_snapshot=metrics.snapshot, clock=clock, timeout=5
+    )
     updater = ModelUpdater(home / "models", central=url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader, timeout=5)
     return DeviceAgent(
-        MeanDetector, source, uncertain_selector(clock), outbox, uploader, updater, metrics,
-        clock=clock, upload_interval=0.05, update_interval=60, drain_timeout=5,
+        MeanDetector,
+        source,
+        uncertain_selector(clock),
+        outbox,
+        uploader,
+        updater,
+        metrics,
+        clock=clock,
+        upload_interval=0.05,
+        update_interval=60,
+        drain_timeout=5,
     )
 
 
@@ -106,7 +117,12 @@ def test_a_fresh_device_fetches_its_model_and_ships_the_uncertain_frames(tmp_pat
     assert {m["reason"] for m in metas} == {"uncertain"} and {m["model_version"] for m in metas} == {"1"}
     assert {m["device_id"] for m in metas} == {DEVICE}
     assert sorted(round(m["predictions"][0]["score"], 2) for m in metas) == [0.28, 0.3, 0.3]
-    assert metas[0]["predictions"][0] == {"cls": 0, "name": "scratch", "score": metas[0]["predictions"][0]["score"], "box": [0.0, 0.0, 64.0, 48.0]}
+    assert metas[0]["predictions"][0] == {
+        "cls": 0,
+        "name": "scratch",
+        "score": metas[0]["predictions"][0]["score"],
+        "box": [0.0, 0.0, 64.0, 48.0],
+    }
     assert metas[0]["captured_at"].endswith("+00:00") and metas[0]["metrics"]["frames"] >= 1
     image = cv2.imdecode(np.frombuffer(central.frames[central.stored[0]]["image"]["data"], np.uint8), cv2.IMREAD_COLOR)
     assert image.shape == (48, 64, 3) and abs(int(image.mean()) - 76) <= 2
@@ -147,7 +163,12 @@ def test_a_model_failing_at_run_time_is_rolled_back_and_not_reinstalled(tmp_path
     counters = metrics.snapshot()["counters"]
     assert counters["detector_errors"][""] == 3 and counters["model_rollbacks"][""] == 1
     assert device.updater.check().status is UpdateStatus.SKIPPED
-    assert ModelUpdater(home / "models", central=central.url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader).current().version == "1"
+    assert (
+        ModelUpdater(home / "models", central=central.url, token=TOKEN, fleet=FLEET, loader=blank_frame_loader)
+        .current()
+        .version
+        == "1"
+    )
 
 
 def test_a_model_the_detector_cannot_load_is_not_retried_every_frame(tmp_path: Path, central: FakeCentral) -> None:
@@ -203,14 +224,35 @@ def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, cen
     for i, level in enumerate([0.3, 0.8, 0.31, 0.9]):
         cv2.imwrite(str(images / f"{i}.png"), frame(level, 64, 64) + np.uint8(i))  # distinct frames
     rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps({"rules": [{"type": "close_to_threshold", "name": "uncertain", "threshold": 0.25}], "dedup_distance": None}))
-    args = ["--central", central.url, "--token", TOKEN, "--fleet", FLEET, "--source", str(images),
-            "--home", str(tmp_path / "home"), "--rules", str(rules), "--metrics-port", "0"]
+    rules.write_text(
+        json.dumps(
+            {"rules": [{"type": "close_to_threshold", "name": "uncertain", "threshold": 0.25}], "dedup_distance": None}
+        )
+    )
+    args = [
+        "--central",
+        central.url,
+        "--token",
+        TOKEN,
+        "--fleet",
+        FLEET,
+        "--source",
+        str(images),
+        "--home",
+        str(tmp_path / "home"),
+        "--rules",
+        str(rules),
+        "--metrics-port",
+        "0",
+    ]
     first = CliRunner().invoke(agent, args)
     assert first.exit_code != 0 and "pass --device-id" in first.output
     result = CliRunner().invoke(agent, [*args, "--device-id", DEVICE])
     assert result.exit_code == 0, result.output
-    assert f"device {DEVICE}: 4 frames, 2 selected, 2 delivered, 0 waiting in the outbox, 0 errors, model 5" in result.output
+    assert (
+        f"device {DEVICE}: 4 frames, 2 selected, 2 delivered, 0 waiting in the outbox, 0 errors, model 5"
+        in result.output
+    )
     expected = [(round(0.3 * 255) + 0) / 255, (round(0.31 * 255) + 2) / 255]  # frames 0 and 2: grey level / 255
     got = sorted(central.frames[f]["meta"]["predictions"][0]["score"] for f in central.stored)
     assert got == pytest.approx(expected, abs=1e-3)
@@ -221,9 +263,27 @@ def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, cen
 def test_a_bad_rules_file_is_reported_before_anything_runs(tmp_path: Path) -> None:
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"type": "close_to_treshold", "name": "u"}]))
-    result = CliRunner().invoke(agent, ["--central", "http://127.0.0.1:9", "--token", TOKEN, "--fleet", FLEET,
-                                        "--source", str(tmp_path), "--home", str(tmp_path / "h"), "--rules", str(rules),
-                                        "--device-id", DEVICE, "--metrics-port", "0"])
+    result = CliRunner().invoke(
+        agent,
+        [
+            "--central",
+            "http://127.0.0.1:9",
+            "--token",
+            TOKEN,
+            "--fleet",
+            FLEET,
+            "--source",
+            str(tmp_path),
+            "--home",
+            str(tmp_path / "h"),
+            "--rules",
+            str(rules),
+            "--device-id",
+            DEVICE,
+            "--metrics-port",
+            "0",
+        ],
+    )
     assert result.exit_code != 0
     assert "unknown type 'close_to_treshold'" in result.output
 
@@ -239,8 +299,13 @@ def test_contract_with_the_central_device_api(tmp_path: Path) -> None:
             from vision.api import ModelInfo
 
             info = ModelInfo(
-                version="4", sha256=hashlib.sha256(model.read_bytes()).hexdigest(), size=model.stat().st_size,
-                precision="fp32", url="/v1/devices/model/download?version=4&precision=fp32", names=["scratch"], imgsz=32,
+                version="4",
+                sha256=hashlib.sha256(model.read_bytes()).hexdigest(),
+                size=model.stat().st_size,
+                precision="fp32",
+                url="/v1/devices/model/download?version=4&precision=fp32",
+                names=["scratch"],
+                imgsz=32,
             )
             return info, model
 
@@ -249,13 +314,33 @@ def test_contract_with_the_central_device_api(tmp_path: Path) -> None:
     assert (summary.model_version, summary.selected, summary.delivered, summary.pending) == ("4", 2, 2, 0)
     records = [json.loads(store.get(k)) for k in store.list(DEVICE) if k.endswith(".json")]
     assert len(records) == 2
-    assert {(r["reason"], r["model_version"], r["fleet"], r["width"], r["height"]) for r in records} == {("uncertain", "4", FLEET, 64, 48)}
+    assert {(r["reason"], r["model_version"], r["fleet"], r["width"], r["height"]) for r in records} == {
+        ("uncertain", "4", FLEET, 64, 48)
+    }
 
 
 # --- one agent per home ----------------------------------------------------------------------
 def agent_command(central: FakeCentral, home: Path, source: Path) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", "agent", "--central", central.url, "--token", TOKEN, "--fleet", FLEET,
-            "--source", str(source), "--home", str(home), "--device-id", DEVICE, "--metrics-port", "0"]
+    return [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "agent",
+        "--central",
+        central.url,
+        "--token",
+        TOKEN,
+        "--fleet",
+        FLEET,
+        "--source",
+        str(source),
+        "--home",
+        str(home),
+        "--device-id",
+        DEVICE,
+        "--metrics-port",
+        "0",
+    ]
 
 
 def test_a_second_agent_on_the_same_home_exits_at_once_naming_the_first(tmp_path: Path, central: FakeCentral) -> None:

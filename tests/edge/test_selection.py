@@ -63,7 +63,10 @@ def test_config_problems_are_all_reported_at_once_and_named() -> None:
         load_rules(config)
     problems = err.value.problems
     text = str(err.value)
-    assert "rule #2 ('blur'): unknown type 'blurry' (known: classes, close_to_threshold, detections_number, random)" in problems
+    assert (
+        "rule #2 ('blur'): unknown type 'blurry' (known: classes, close_to_threshold, detections_number, random)"
+        in problems
+    )
     assert any("rule #3 ('uncertain')" in p and "duplicate name" in p for p in problems)
     assert any("'wide'" in p and "param 'threshold' must be a number in [0, 1], got 1.5" in p for p in problems)
     assert any("'wide'" in p and "unknown param 'detla'" in p for p in problems)
@@ -238,7 +241,12 @@ def test_default_selector_keeps_hesitant_frames_and_a_random_few() -> None:
 
 def test_a_selector_is_built_from_data_with_its_limits() -> None:
     sel = FrameSelector.from_config(
-        {"rules": [{"type": "random", "name": "all", "share": 1.0}], "per_minute": 1, "per_day": 5, "dedup_distance": 2},
+        {
+            "rules": [{"type": "random", "name": "all", "share": 1.0}],
+            "per_minute": 1,
+            "per_day": 5,
+            "dedup_distance": 2,
+        },
         rng=random.Random(0),
     )
     assert (sel.per_minute, sel.per_day, sel.dedup_distance) == (1, 5, 2)

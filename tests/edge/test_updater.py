@@ -56,7 +56,12 @@ def test_a_fresh_device_installs_the_fleet_model(tmp_path: Path, central: FakeCe
     result = up.check()
     assert (result.status, result.version) == (UpdateStatus.UPDATED, "1")
     cur = up.current()
-    assert cur is not None and (cur.version, cur.names, cur.imgsz, cur.precision) == ("1", ["scratch", "dent"], 32, "fp32")
+    assert cur is not None and (cur.version, cur.names, cur.imgsz, cur.precision) == (
+        "1",
+        ["scratch", "dent"],
+        32,
+        "fp32",
+    )
     assert up.path(cur).read_bytes() == V1
     pointer = json.loads((tmp_path / "models" / "current").read_text())
     assert (pointer["version"], pointer["sha256"], pointer["file"]) == ("1", hashlib.sha256(V1).hexdigest(), cur.file)
@@ -155,7 +160,9 @@ def test_a_model_with_a_fixed_input_size_passes_the_blank_frame_test(tmp_path: P
     assert up.check().status is UpdateStatus.UPDATED
 
 
-def test_rollback_restores_the_previous_model_and_never_reinstalls_the_bad_one(tmp_path: Path, central: FakeCentral) -> None:
+def test_rollback_restores_the_previous_model_and_never_reinstalls_the_bad_one(
+    tmp_path: Path, central: FakeCentral
+) -> None:
     models = tmp_path / "models"
     up = following(models, central, "1", "2")
     restored = up.rollback("operator said so")

@@ -45,16 +45,28 @@ def frame_meta(i: int) -> dict:
     }
 
 
-def make(tmp_path: Path, central_url: str, clock: FakeClock, outbox: type[Outbox] = Outbox, **kw) -> tuple[Outbox, Uploader]:
+def make(
+    tmp_path: Path, central_url: str, clock: FakeClock, outbox: type[Outbox] = Outbox, **kw
+) -> tuple[Outbox, Uploader]:
     box = outbox(tmp_path / "ob", clock=clock)
     up = Uploader(
-        box, central=central_url, token=kw.pop("token", TOKEN), device_id=DEVICE, clock=clock, sleep=clock.sleep,
-        rng=random.Random(0), timeout=5, metrics_snapshot=lambda: {"frames": 7, "fps": 9.5}, **kw,
+        box,
+        central=central_url,
+        token=kw.pop("token", TOKEN),
+        device_id=DEVICE,
+        clock=clock,
+        sleep=clock.sleep,
+        rng=random.Random(0),
+        timeout=5,
+        metrics_snapshot=lambda: {"frames": 7, "fps": 9.5},
+        **kw,
     )
     return box, up
 
 
-def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(tmp_path: Path, central: FakeCentral) -> None:
+def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(
+    tmp_path: Path, central: FakeCentral
+) -> None:
     clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     ids = [box.put(jpeg(i), frame_meta(i)) for i in range(2)]
@@ -69,7 +81,11 @@ def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(tmp_
     assert meta["device_id"] == DEVICE and meta["frame_id"] == ids[1]
     assert meta["metrics"] == {"frames": 7, "fps": 9.5}
     assert meta["predictions"] == frame_meta(1)["predictions"]
-    assert (meta["reason"], meta["model_version"], meta["captured_at"]) == ("uncertain", "3", "2025-01-01T00:00:00.000+00:00")
+    assert (meta["reason"], meta["model_version"], meta["captured_at"]) == (
+        "uncertain",
+        "3",
+        "2025-01-01T00:00:00.000+00:00",
+    )
 
 
 def test_outage_keeps_every_frame_and_recovery_delivers_each_exactly_once(tmp_path: Path, central: FakeCentral) -> None:
@@ -125,7 +141,9 @@ def test_a_refused_frame_becomes_a_dead_letter_and_the_rest_still_go(tmp_path: P
 
 
 @pytest.mark.parametrize("status", [408, 429, 500, 502, 503])
-def test_timeouts_throttling_and_server_errors_are_retried_not_dropped(tmp_path: Path, central: FakeCentral, status: int) -> None:
+def test_timeouts_throttling_and_server_errors_are_retried_not_dropped(
+    tmp_path: Path, central: FakeCentral, status: int
+) -> None:
     clock = FakeClock()
     box, up = make(tmp_path, central.url, clock)
     fid = box.put(jpeg(), frame_meta(0))
@@ -167,7 +185,7 @@ def test_backoff_is_exponential_jittered_and_capped() -> None:
         full = min(60.0, 2 ** (n - 1))
         assert full / 2 <= d <= full
     assert max(delays) <= 60 and delays[6] > delays[0] * 16
-    assert len({round(d / min(60.0, 2 ** n), 3) for n, d in enumerate(delays)}) > 3  # jitter, not a fixed ratio
+    assert len({round(d / min(60.0, 2**n), 3) for n, d in enumerate(delays)}) > 3  # jitter, not a fixed ratio
 
 
 def test_flush_sleeps_out_the_outage_then_delivers(tmp_path: Path, central: FakeCentral) -> None:
@@ -184,7 +202,9 @@ def test_flush_sleeps_out_the_outage_then_delivers(tmp_path: Path, central: Fake
 
 
 def test_multipart_encoding_is_parseable() -> None:
-    body, ctype = encode_multipart([("image", b"\xff\xd8\xff--x\r\n", "a.jpg", "image/jpeg"), ("meta", b'{"a": 1}', None, None)])
+    body, ctype = encode_multipart(
+        [("image", b"\xff\xd8\xff--x\r\n", "a.jpg", "image/jpeg"), ("meta", b'{"a": 1}', None, None)]
+    )
     parts = parse_multipart(ctype, body)
     assert parts["image"] == {"data": b"\xff\xd8\xff--x\r\n", "filename": "a.jpg", "content_type": "image/jpeg"}
     assert parts["meta"]["data"] == b'{"a": 1}' and parts["meta"]["filename"] is None

@@ -53,7 +53,9 @@ def test_eval_rag_prints_the_contract_and_writes_a_report(rag_run, qa_file: Path
     assert [q["id"] for q in data["questions"]] == ids
     for q in data["questions"]:
         assert isinstance(q["sources"], list) and isinstance(q["answer"], str) and isinstance(q["abstained"], bool)
-    assert {"hit@1", "hit@5", "mrr@5", "abstain_rate_unanswerable", "context_recall", "rouge_l"} <= data["overall"].keys()
+    assert {"hit@1", "hit@5", "mrr@5", "abstain_rate_unanswerable", "context_recall", "rouge_l"} <= data[
+        "overall"
+    ].keys()
     assert data["config"]["qa_file"].endswith("handbook-qa-tiny.jsonl") and data["config"]["top_k"] == 5
 
     pngs = embedded_pngs(report)
@@ -63,27 +65,41 @@ def test_eval_rag_prints_the_contract_and_writes_a_report(rag_run, qa_file: Path
     assert all(q_id in page for q_id in ids)
 
 
-def test_the_gate_passes_the_same_pipeline_and_stops_a_worse_one(rag_run, rag_env, qa_file: Path, tmp_path: Path) -> None:
+def test_the_gate_passes_the_same_pipeline_and_stops_a_worse_one(
+    rag_run, rag_env, qa_file: Path, tmp_path: Path
+) -> None:
     data, baseline, _ = rag_run
     gate = tmp_path / "gate.yaml"
-    gate.write_text(yaml.safe_dump({
-        "metrics": {"hit@5": {"min": 0.8, "max_regression": 0.05}, "wrong_abstain_rate_answerable": {"max": 0.2, "higher_is_better": False}},
-        "baseline_file": str(baseline),
-    }))
+    gate.write_text(
+        yaml.safe_dump(
+            {
+                "metrics": {
+                    "hit@5": {"min": 0.8, "max_regression": 0.05},
+                    "wrong_abstain_rate_answerable": {"max": 0.2, "higher_is_better": False},
+                },
+                "baseline_file": str(baseline),
+            }
+        )
+    )
     same = invoke(rag_env, "eval", "rag", "--qa", qa_file, "--gate", gate, "--json")
     assert same.exit_code == 0, same.output
     assert json.loads(same.stdout)["gate"]["passed"] is True
     assert "gate passed" in same.stderr
 
     # The same index, but an abstention threshold that no retrieved chunk reaches.
-    worse = invoke({**rag_env, "LOOPLINE_MIN_RELEVANCE": "0.99"}, "eval", "rag", "--qa", qa_file, "--gate", gate, "--json")
+    worse = invoke(
+        {**rag_env, "LOOPLINE_MIN_RELEVANCE": "0.99"}, "eval", "rag", "--qa", qa_file, "--gate", gate, "--json"
+    )
     assert worse.exit_code == GATE_FAILED_EXIT_CODE
     out = json.loads(worse.stdout)  # the result is still printed for CI to keep
     assert out["gate"]["passed"] is False and out["overall"]["hit@5"] < data["overall"]["hit@5"]
     assert "GATE FAILED: 2 of 2 checks" in worse.stderr
     hit_row = next(line for line in worse.stderr.splitlines() if line.startswith("hit@5"))
     assert "below min 0.8" in hit_row and "regressed" in hit_row
-    assert any(line.startswith("wrong_abstain_rate_answerable") and "above max 0.2" in line for line in worse.stderr.splitlines())
+    assert any(
+        line.startswith("wrong_abstain_rate_answerable") and "above max 0.2" in line
+        for line in worse.stderr.splitlines()
+    )
 
 
 def test_a_missing_baseline_file_is_an_error_that_says_how_to_make_one(rag_env, qa_file: Path, tmp_path: Path) -> None:
@@ -106,9 +122,13 @@ def vision_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 def trained(vision_env, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A one-epoch detector registered as version 1 and promoted; returns its data.yaml."""
     out = tmp_path_factory.mktemp("plates")
-    made = invoke(vision_env, "vision", "dataset", "synth", out, "--train", "16", "--val", "8", "--imgsz", "64", "--seed", "3")
+    made = invoke(
+        vision_env, "vision", "dataset", "synth", out, "--train", "16", "--val", "8", "--imgsz", "64", "--seed", "3"
+    )
     data = Path(made.stdout.strip())
-    res = invoke(vision_env, "vision", "train", "--data", data, "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json")
+    res = invoke(
+        vision_env, "vision", "train", "--data", data, "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json"
+    )
     assert res.exit_code == 0, res.output
     assert invoke(vision_env, "vision", "promote", "1").exit_code == 0
     return data
@@ -146,7 +166,9 @@ def test_eval_vision_adds_a_confusion_matrix_and_writes_a_report(vision_env, tra
     assert "Confusion matrix" in report.read_text()
 
 
-def test_vision_gate_stops_a_model_below_its_floor_and_compares_with_production(vision_env, trained: Path, tmp_path: Path) -> None:
+def test_vision_gate_stops_a_model_below_its_floor_and_compares_with_production(
+    vision_env, trained: Path, tmp_path: Path
+) -> None:
     # Its own mAP50 as recorded at training (the same validation split), and a floor above it.
     own = json.loads(invoke(vision_env, "vision", "models", "--json").stdout)[0]["mAP50"]
     strict = tmp_path / "strict.yaml"
@@ -157,9 +179,14 @@ def test_vision_gate_stops_a_model_below_its_floor_and_compares_with_production(
     assert json.loads(failed.stdout)["mAP50"] == own  # the gate judged the same figure the registry holds
 
     against_production = tmp_path / "regression.yaml"
-    against_production.write_text(yaml.safe_dump(
-        {"metrics": {"mAP50": {"max_regression": 0.0}, "mAP50-95": {"max_regression": 0.0}}, "baseline": "production"}
-    ))
+    against_production.write_text(
+        yaml.safe_dump(
+            {
+                "metrics": {"mAP50": {"max_regression": 0.0}, "mAP50-95": {"max_regression": 0.0}},
+                "baseline": "production",
+            }
+        )
+    )
     passed = invoke(vision_env, "eval", "vision", "1", "--data", trained, "--gate", against_production, "--json")
     assert passed.exit_code == 0, passed.output
     gate = json.loads(passed.stdout)["gate"]

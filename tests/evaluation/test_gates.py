@@ -41,7 +41,9 @@ def test_a_ceiling_holds_for_lower_is_better_metrics() -> None:
 
 def test_regression_beyond_tolerance_fails_within_it_passes() -> None:
     baseline = {"overall": {"hit@1": 0.75, "hit@5": 0.95}}
-    res = check_gate(RAG_RESULT, gate(**{"hit@1": {"max_regression": 0.02}, "hit@5": {"max_regression": 0.05}}), baseline)
+    res = check_gate(
+        RAG_RESULT, gate(**{"hit@1": {"max_regression": 0.02}, "hit@5": {"max_regression": 0.05}}), baseline
+    )
     assert statuses(res) == {"hit@1": "fail", "hit@5": "pass"}  # -0.05 vs tolerance 0.02; -0.05 vs 0.05
     assert res.failed[0].baseline == 0.75 and "regressed 0.05" in res.failed[0].reason
     # An improvement is never a regression.
@@ -60,7 +62,9 @@ def test_a_metric_missing_from_the_results_fails_rather_than_passing_silently() 
 
 
 def test_without_a_baseline_regressions_are_skipped_but_floors_still_hold() -> None:
-    res = check_gate(VISION_RESULT, gate(mAP50={"max_regression": 0.02}, **{"mAP50-95": {"min": 0.5, "max_regression": 0.02}}), None)
+    res = check_gate(
+        VISION_RESULT, gate(mAP50={"max_regression": 0.02}, **{"mAP50-95": {"min": 0.5, "max_regression": 0.02}}), None
+    )
     assert statuses(res) == {"mAP50": "skipped", "mAP50-95": "fail"}
     assert not res.passed
     assert check_gate(VISION_RESULT, gate(mAP50={"max_regression": 0.02}), None).passed
@@ -68,7 +72,9 @@ def test_without_a_baseline_regressions_are_skipped_but_floors_still_hold() -> N
 
 def test_per_class_figures_are_reachable_by_dotted_path() -> None:
     assert metric_value(VISION_RESULT, "per_class.crack.ap50") == 0.20
-    res = check_gate(VISION_RESULT, gate(**{"per_class.crack.ap50": {"min": 0.3}, "per_class.scratch.ap50": {"min": 0.3}}), None)
+    res = check_gate(
+        VISION_RESULT, gate(**{"per_class.crack.ap50": {"min": 0.3}, "per_class.scratch.ap50": {"min": 0.3}}), None
+    )
     assert statuses(res) == {"per_class.crack.ap50": "fail", "per_class.scratch.ap50": "pass"}
 
 

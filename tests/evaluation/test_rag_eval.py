@@ -56,7 +56,9 @@ def test_offline_metrics_on_a_tiny_qa_set(indexed_home: Path, make_service, qa_f
     assert overall["hit@1"] == overall["hit@5"] == overall["mrr@5"] == 1.0
     assert overall["abstain_rate_unanswerable"] == 1.0
     assert overall["wrong_abstain_rate_answerable"] == 0.0
-    assert overall["rouge_l"] == pytest.approx(sum(rows[i.id]["rouge_l"] for i in answerable) / len(answerable), abs=1e-4)
+    assert overall["rouge_l"] == pytest.approx(
+        sum(rows[i.id]["rouge_l"] for i in answerable) / len(answerable), abs=1e-4
+    )
     assert result["breakdown"]["department"]["engineering"]["answerable"] == 1
     assert result["config"]["judge_model"] is None
     assert os.environ["RAGAS_DO_NOT_TRACK"] == "true"  # set before ragas was imported
@@ -65,7 +67,9 @@ def test_offline_metrics_on_a_tiny_qa_set(indexed_home: Path, make_service, qa_f
 
 def test_a_quote_from_another_document_is_not_recalled(indexed_home: Path, make_service, qa_file: Path) -> None:
     right = next(i for i in load_qa(qa_file) if i.id == "t1")
-    wrong = right.model_copy(update={"id": "t1-wrong", "quote": "Economy class is the default for flights under six hours."})
+    wrong = right.model_copy(
+        update={"id": "t1-wrong", "quote": "Economy class is the default for flights under six hours."}
+    )
     rows = {q["id"]: q for q in _run(make_service(home=indexed_home), [right, wrong])["questions"]}
     assert rows["t1"]["context_recall"] == 1.0
     assert rows["t1-wrong"]["context_recall"] == 0.0
@@ -115,17 +119,23 @@ def _words(text: str) -> set[str]:
 
 def _judge_reply(system: str, prompt: str) -> dict:
     """Grade like a strict, literal judge: a statement is faithful when the context contains it."""
-    schema, _ = json.JSONDecoder().raw_decode(system[system.index("{"):])
+    schema, _ = json.JSONDecoder().raw_decode(system[system.index("{") :])
     data = _decode_input(prompt)
     title = schema["title"]
     if title == "StatementGeneratorOutput":
         return {"statements": [s.strip() for s in re.split(r"(?<=\.)\s+", data["answer"]) if s.strip()]}
     if title == "NLIStatementOutput":
         context = " ".join(data["context"].split()).lower()
-        return {"statements": [
-            {"statement": s, "reason": "literal check", "verdict": int(" ".join(s.split()).lower().rstrip(".") in context)}
-            for s in data["statements"]
-        ]}
+        return {
+            "statements": [
+                {
+                    "statement": s,
+                    "reason": "literal check",
+                    "verdict": int(" ".join(s.split()).lower().rstrip(".") in context),
+                }
+                for s in data["statements"]
+            ]
+        }
     if title == "AnswerRelevanceOutput":
         return {"question": data["response"], "noncommittal": 0}
     if title == "ContextPrecisionOutput":
@@ -150,7 +160,10 @@ def judge_server():
         user = "\n".join(m["content"] for m in body["messages"] if m["role"] == "user")
         content = json.dumps(_judge_reply(system, user))
         return {
-            "id": "chatcmpl-test", "object": "chat.completion", "created": 0, "model": body["model"],
+            "id": "chatcmpl-test",
+            "object": "chat.completion",
+            "created": 0,
+            "model": body["model"],
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
         }
@@ -159,14 +172,24 @@ def judge_server():
         yield f"{url}/v1", seen
 
 
-def test_llm_judged_metrics_through_an_openai_compatible_judge(indexed_home: Path, make_service, embedder, judge_server) -> None:
+def test_llm_judged_metrics_through_an_openai_compatible_judge(
+    indexed_home: Path, make_service, embedder, judge_server
+) -> None:
     base_url, seen = judge_server
     svc = make_service(home=indexed_home)
     items = [
-        QAItem(id="grounded", question="How many days of paid vacation does every employee receive?",
-               answer="27 days per calendar year.", source="benefits/time-off.md"),
-        QAItem(id="made-up", question="How many days of paid vacation does every employee receive?",
-               answer="27 days per calendar year.", source="benefits/time-off.md"),
+        QAItem(
+            id="grounded",
+            question="How many days of paid vacation does every employee receive?",
+            answer="27 days per calendar year.",
+            source="benefits/time-off.md",
+        ),
+        QAItem(
+            id="made-up",
+            question="How many days of paid vacation does every employee receive?",
+            answer="27 days per calendar year.",
+            source="benefits/time-off.md",
+        ),
     ]
 
     def ask(question: str, calls: list[int] = [0]) -> Answer:  # noqa: B006 - counts the calls

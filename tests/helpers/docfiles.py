@@ -7,6 +7,7 @@ from pathlib import Path
 
 def write_pdf(path: Path, lines: list[str], title: str | None = None) -> Path:
     """A minimal, valid one-page PDF with the given text lines (Helvetica)."""
+
     def esc(s: str) -> str:
         return s.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 

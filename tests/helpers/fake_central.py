@@ -110,8 +110,13 @@ class _Handler(BaseHTTPRequestHandler):
         return self.server.central  # type: ignore[attr-defined]
 
     def answer(
-        self, status: int, body: dict | bytes, *, ctype: str = "application/json",
-        headers: dict | None = None, length: int | None = None,
+        self,
+        status: int,
+        body: dict | bytes,
+        *,
+        ctype: str = "application/json",
+        headers: dict | None = None,
+        length: int | None = None,
     ) -> None:
         data = body if isinstance(body, bytes) else json.dumps(body).encode()
         self.send_response(status)
@@ -254,7 +259,9 @@ def yolo_like_model() -> bytes:
         helper.make_graph(
             [
                 helper.make_node("ReduceMean", ["images"], ["m"], keepdims=1),
-                helper.make_node("Constant", [], ["shape"], value=helper.make_tensor("sh", TensorProto.INT64, [3], [1, 1, 1])),
+                helper.make_node(
+                    "Constant", [], ["shape"], value=helper.make_tensor("sh", TensorProto.INT64, [3], [1, 1, 1])
+                ),
                 helper.make_node("Reshape", ["m", "shape"], ["score"]),
                 helper.make_node("Constant", [], ["b"], value=box),
                 helper.make_node("Concat", ["b", "score"], ["output0"], axis=1),

@@ -46,9 +46,7 @@ def hdr(user: str) -> dict[str, str]:
 
 
 def registry() -> KeyRegistry:
-    return KeyRegistry(
-        [UserEntry(name=n, key=key_of(n), groups=g, admin=a) for n, (g, a) in USERS.items()]
-    )
+    return KeyRegistry([UserEntry(name=n, key=key_of(n), groups=g, admin=a) for n, (g, a) in USERS.items()])
 
 
 def make_client(svc: RagService) -> TestClient:
@@ -392,9 +390,7 @@ It includes a replacement robot within 48 hours anywhere in Norway and the Nethe
 def upl(embedder, tmp_path_factory) -> Iterator[World]:
     """The handbook plus a small upload limit, shared by the upload tests."""
     base = tmp_path_factory.mktemp("api-upload") / "deep" / "er"
-    svc = RagService(
-        Settings(home=base / "home", upload_max_bytes=UPLOAD_LIMIT), embedder_factory=lambda: embedder
-    )
+    svc = RagService(Settings(home=base / "home", upload_max_bytes=UPLOAD_LIMIT), embedder_factory=lambda: embedder)
     root = base / "handbook"
     ingest_handbook(svc, root)
     yield World(svc, make_client(svc), root)
@@ -520,11 +516,7 @@ def test_upload_names_cannot_escape_the_uploads_folder(upl: World) -> None:
         assert (uploads_dir(upl) / folder / stored).read_bytes() == text
     assert not outside_abs.exists()
     uploads = uploads_dir(upl).resolve()
-    stray = [
-        p
-        for p in scan_root.rglob("*")
-        if p.is_file() and "evil" in p.name and uploads not in p.resolve().parents
-    ]
+    stray = [p for p in scan_root.rglob("*") if p.is_file() and "evil" in p.name and uploads not in p.resolve().parents]
     assert stray == [], f"upload wrote outside {uploads}: {stray}"
     assert not (home / "etc").exists() and not (home.parent / "etc").exists()
 

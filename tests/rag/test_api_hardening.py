@@ -134,13 +134,17 @@ def test_without_roots_remote_ingest_is_off(embedder, tmp_path: Path) -> None:
 
 def test_the_service_home_inside_a_root_is_refused(embedder, tmp_path: Path) -> None:
     """A root that holds the home: ingesting the root would republish the uploads folder."""
-    svc = RagService(Settings(home=tmp_path / "srv" / "home", ingest_roots=str(tmp_path / "srv")), embedder_factory=lambda: embedder)
+    svc = RagService(
+        Settings(home=tmp_path / "srv" / "home", ingest_roots=str(tmp_path / "srv")), embedder_factory=lambda: embedder
+    )
     try:
         keys = KeyRegistry([UserEntry(name="root", key=hdr("root")["X-API-Key"], admin=True)])
         client = TestClient(create_app(svc.settings, plugins=[lambda ctx: rag.api.plugin(ctx, service=svc)], keys=keys))
         up = client.post(
-            "/v1/documents", files={"file": ("pay.md", b"# Pay\n\nBands are secret.\n", "text/markdown")},
-            data={"groups": "hr"}, headers=hdr("root"),
+            "/v1/documents",
+            files={"file": ("pay.md", b"# Pay\n\nBands are secret.\n", "text/markdown")},
+            data={"groups": "hr"},
+            headers=hdr("root"),
         )
         assert up.status_code == 201
         for path in (tmp_path / "srv", tmp_path / "srv" / "home", tmp_path / "srv" / "home" / "uploads"):

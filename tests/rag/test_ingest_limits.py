@@ -25,7 +25,9 @@ GOOD = "# Ferries\n\nThe company ferry to the Bergen office leaves the fish mark
 
 
 def sentences(n: int) -> str:
-    return " ".join(f"Shelf {i} in aisle {i % 9} holds crates of kind {i}, checked every {i % 5 + 1} weeks." for i in range(n))
+    return " ".join(
+        f"Shelf {i} in aisle {i % 9} holds crates of kind {i}, checked every {i % 5 + 1} weeks." for i in range(n)
+    )
 
 
 def test_files_over_the_limits_are_dead_lettered_with_the_limit_named(make_service, tmp_path: Path) -> None:
@@ -74,7 +76,9 @@ def test_health_and_queries_answer_while_a_heavy_file_is_parsed(make_service, tm
     heavy.mkdir()
     (heavy / "huge.md").write_text("# Huge\n\n" + sentences(80_000))
     keys = KeyRegistry([UserEntry(name="root", key="limits-root-key-0123", admin=True)])
-    app = create_app(svc.settings, plugins=[lambda ctx: rag.api.plugin(ctx, service=svc)], keys=keys, local_token="tok-0123456789")
+    app = create_app(
+        svc.settings, plugins=[lambda ctx: rag.api.plugin(ctx, service=svc)], keys=keys, local_token="tok-0123456789"
+    )
     with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=60) as http:
         http.post("/v1/query", json={"question": "warm up"}, headers={"X-API-Key": "limits-root-key-0123"})
         done = threading.Event()
@@ -83,7 +87,11 @@ def test_health_and_queries_answer_while_a_heavy_file_is_parsed(make_service, tm
         def ingest() -> None:
             with httpx.Client(base_url=url, timeout=120) as other:
                 result.append(
-                    other.post("/v1/admin/ingest", json={"path": str(heavy), "groups": ["public"]}, headers={"X-API-Key": "tok-0123456789"})
+                    other.post(
+                        "/v1/admin/ingest",
+                        json={"path": str(heavy), "groups": ["public"]},
+                        headers={"X-API-Key": "tok-0123456789"},
+                    )
                 )
             done.set()
 
@@ -97,7 +105,11 @@ def test_health_and_queries_answer_while_a_heavy_file_is_parsed(make_service, tm
         for _ in range(5):
             t0 = time.monotonic()
             assert http.get("/healthz").status_code == 200
-            r = http.post("/v1/query", json={"question": "When does the ferry leave?"}, headers={"X-API-Key": "limits-root-key-0123"})
+            r = http.post(
+                "/v1/query",
+                json={"question": "When does the ferry leave?"},
+                headers={"X-API-Key": "limits-root-key-0123"},
+            )
             assert r.status_code == 200 and "07:40" in r.json()["answer"]
             slowest = max(slowest, time.monotonic() - t0)
         assert not done.is_set(), "the heavy ingest finished before the checks: make the file bigger"

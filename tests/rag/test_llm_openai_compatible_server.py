@@ -101,9 +101,7 @@ def fake_openai_app(state: FakeOpenAIServer) -> FastAPI:
             "object": "chat.completion",
             "created": created,
             "model": body.get("model"),
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
-            ],
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120},
         }
 
@@ -257,9 +255,7 @@ def test_llm_is_not_called_when_nothing_relevant_is_found(
     llm_world: LlmWorld, fake_openai_server: FakeOpenAIServer, endpoint: str
 ) -> None:
     before = fake_openai_server.count()
-    r = llm_world.client.post(
-        endpoint, json={"question": "What is the capital of Peru?"}, headers={"X-API-Key": KEY}
-    )
+    r = llm_world.client.post(endpoint, json={"question": "What is the capital of Peru?"}, headers={"X-API-Key": KEY})
     assert r.status_code == 200, r.text
     if endpoint.endswith("stream"):
         done = [json.loads(b.split("data:", 1)[1]) for b in r.text.split("\n\n") if "data:" in b][-1]

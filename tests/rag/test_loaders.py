@@ -95,7 +95,16 @@ def test_html_drops_scripts_styles_and_comments(tmp_path: Path) -> None:
     )
     doc = load_document(p)
     assert "Soup is served at noon." in doc.text and "Cake on Fridays." in doc.text
-    for hidden in ("HEADSCRIPT", "STYLERED", "BODYSCRIPT", "document.cookie", "NOSCRIPTTEXT", "TEMPLATETEXT", "COMMENTTEXT", "INNERSCRIPT"):
+    for hidden in (
+        "HEADSCRIPT",
+        "STYLERED",
+        "BODYSCRIPT",
+        "document.cookie",
+        "NOSCRIPTTEXT",
+        "TEMPLATETEXT",
+        "COMMENTTEXT",
+        "INNERSCRIPT",
+    ):
         assert hidden not in doc.text, hidden
 
 

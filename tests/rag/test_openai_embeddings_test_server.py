@@ -59,7 +59,9 @@ def test_ingest_and_answer_with_an_openai_compatible_embedding_endpoint(embeddin
     docs.mkdir()
     (docs / "bikes.md").write_text("# Bikes\n\nBicycles are parked in the basement garage near the lifts.\n")
     (docs / "food.md").write_text("# Food\n\nThe canteen serves soup and salad every weekday at noon.\n")
-    settings = Settings(home=tmp_path / "home", embedding_base_url=base_url, embedding_model="bow-64", hybrid=False, min_relevance=0.1)
+    settings = Settings(
+        home=tmp_path / "home", embedding_base_url=base_url, embedding_model="bow-64", hybrid=False, min_relevance=0.1
+    )
     svc = RagService(settings)
     assert svc.ingest(docs, ["public"]).added == 2
     assert svc.store.collection_info().embedding_model == "openai:bow-64"

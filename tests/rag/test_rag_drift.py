@@ -75,11 +75,17 @@ def test_answers_and_ratings_are_recorded(service) -> None:
     assert not answered.abstained and abstained.abstained
     buckets = {b.feature: b for b in monitor.drift_store.buckets(stream=DRIFT_STREAM)}
     assert set(buckets) == {"query_length", "top1_score", "abstained", "citations", "feedback_rating"}
-    assert buckets["query_length"].data["sample"] == [len(answered.question), len(abstained.question), len(streamed["question"])]
+    assert buckets["query_length"].data["sample"] == [
+        len(answered.question),
+        len(abstained.question),
+        len(streamed["question"]),
+    ]
     assert buckets["abstained"].data["sample"] == [0.0, 1.0, 0.0]
     assert buckets["citations"].data["sample"] == [len(answered.citations), 0.0, len(streamed["citations"])]
     top1 = buckets["top1_score"].data["sample"]
-    assert top1[0] == pytest.approx(max(c.score for c in answered.citations), abs=1e-3)  # citations round to 3 places and top1[1] < svc.settings.min_relevance
+    assert top1[0] == pytest.approx(
+        max(c.score for c in answered.citations), abs=1e-3
+    )  # citations round to 3 places and top1[1] < svc.settings.min_relevance
     assert buckets["feedback_rating"].data["sample"] == [5.0]
 
 

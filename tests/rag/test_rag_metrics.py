@@ -90,11 +90,16 @@ def test_ingests_through_the_api_are_counted_by_kind_status_and_outcome(api) -> 
     assert moved[key("loopline_ingest_runs_total", kind="sync", status=run["status"])] == 1
     assert moved[key("loopline_ingest_documents_total", kind="sync", outcome="added")] == 2
     assert moved[key("loopline_ingest_duration_seconds_count", kind="sync")] == 1
-    assert moved[key("loopline_ingest_duration_seconds_sum", kind="sync")] == pytest.approx(r.json()["run"]["seconds"], abs=1e-3)
+    assert moved[key("loopline_ingest_duration_seconds_sum", kind="sync")] == pytest.approx(
+        r.json()["run"]["seconds"], abs=1e-3
+    )
 
     (folder / "vacation.md").write_text(DOCS["vacation.md"].replace("27", "30"))
     (folder / "laptops.md").unlink()
-    assert client.post("/v1/admin/ingest", headers=ADMIN, json={"path": str(folder), "groups": ["public"]}).status_code == 200
+    assert (
+        client.post("/v1/admin/ingest", headers=ADMIN, json={"path": str(folder), "groups": ["public"]}).status_code
+        == 200
+    )
     run = last_run(client)
     moved = m.moved()
     assert moved[key("loopline_ingest_runs_total", kind="ingest", status=run["status"])] == 1
@@ -102,12 +107,23 @@ def test_ingests_through_the_api_are_counted_by_kind_status_and_outcome(api) -> 
         assert run[outcome] == 1
         assert moved[key("loopline_ingest_documents_total", kind="ingest", outcome=outcome)] == 1
 
-    ok = client.post("/v1/documents", headers=ADMIN, files={"file": ("travel.md", b"# Travel\n\nBook trains for trips under 600 km.\n")})
+    ok = client.post(
+        "/v1/documents",
+        headers=ADMIN,
+        files={"file": ("travel.md", b"# Travel\n\nBook trains for trips under 600 km.\n")},
+    )
     bad = client.post("/v1/documents", headers=ADMIN, files={"file": ("broken.pdf", b"%PDF-1.4 garbage")})
     assert (ok.status_code, bad.status_code) == (201, 422)
     statuses = [r["status"] for r in client.get("/v1/runs?limit=2", headers=ADMIN).json()]
     moved = m.moved()
-    assert sum(v for (name, labels), v in moved.items() if name == "loopline_ingest_runs_total" and ("kind", "upload") in labels) == 2
+    assert (
+        sum(
+            v
+            for (name, labels), v in moved.items()
+            if name == "loopline_ingest_runs_total" and ("kind", "upload") in labels
+        )
+        == 2
+    )
     for status in set(statuses):
         assert moved[key("loopline_ingest_runs_total", kind="upload", status=status)] == statuses.count(status)
     assert moved[key("loopline_ingest_documents_total", kind="upload", outcome="added")] == 1
@@ -122,19 +138,25 @@ def test_answers_by_mode_and_abstentions(api) -> None:
     assert client.post("/v1/sync?wait=true", headers=ADMIN).status_code == 202
     m = Scraper(client)
 
-    answered = client.post("/v1/query", headers=READER, json={"question": "How many vacation days do I get per year?"}).json()
+    answered = client.post(
+        "/v1/query", headers=READER, json={"question": "How many vacation days do I get per year?"}
+    ).json()
     assert (answered["mode"], answered["abstained"]) == ("extractive", False)
     moved = m.moved()
     assert moved[key("loopline_answers_total", mode="extractive")] == 1
     assert key("loopline_abstentions_total") not in moved
 
-    declined = client.post("/v1/query", headers=READER, json={"question": "What is the airspeed velocity of an unladen swallow?"}).json()
+    declined = client.post(
+        "/v1/query", headers=READER, json={"question": "What is the airspeed velocity of an unladen swallow?"}
+    ).json()
     assert declined["abstained"] is True
     moved = m.moved()
     assert moved[key("loopline_answers_total", mode="extractive")] == 1
     assert moved[key("loopline_abstentions_total")] == 1
 
-    with client.stream("POST", "/v1/query/stream", headers=READER, json={"question": "When are broken laptops replaced?"}) as r:
+    with client.stream(
+        "POST", "/v1/query/stream", headers=READER, json={"question": "When are broken laptops replaced?"}
+    ) as r:
         body = "".join(r.iter_text())
     assert "event: done" in body
     assert m.moved()[key("loopline_answers_total", mode="extractive")] == 1

@@ -66,7 +66,9 @@ def test_real_uvicorn_server_end_to_end(make_service, tmp_path: Path) -> None:
             assert not a["abstained"] and a["citations"][0]["source"] == "on-call.md"
             assert "Monday" in a["answer"]
 
-            doc = b"# Ferry shuttle\n\nThe company ferry shuttle to the Bergen office leaves the fish market at 07:40.\n"
+            doc = (
+                b"# Ferry shuttle\n\nThe company ferry shuttle to the Bergen office leaves the fish market at 07:40.\n"
+            )
             r = http.post(
                 "/v1/documents",
                 files={"file": ("ferry.md", doc, "text/markdown")},

@@ -39,7 +39,15 @@ GROUPS = ("eng", "hr", "legal", "sales", "ops")
 DOC_IDS = tuple(f"doc-{i}" for i in range(10))
 VERSIONS = ("v1", "v2", "v3")
 # Group lists a caller may hold: none (admin), empty, unknown, single, several.
-GROUP_CHOICES: tuple[list[str] | None, ...] = (None, [], ["nobody"], ["eng"], ["hr"], ["legal", "ops"], ["sales", "eng", "hr"])
+GROUP_CHOICES: tuple[list[str] | None, ...] = (
+    None,
+    [],
+    ["nobody"],
+    ["eng"],
+    ["hr"],
+    ["legal", "ops"],
+    ["sales", "eng", "hr"],
+)
 SCORE_TOL = 1e-5  # Edge scores in f32, local mode in f64
 TIE_EPS = 1e-7  # RRF scores closer than this are the same rank sum
 
@@ -180,7 +188,9 @@ def adapter(request: pytest.FixtureRequest) -> str:
 
 
 # --- counts ------------------------------------------------------------------------------
-def test_count_total_by_doc_and_by_groups(stores: dict[str, VectorStore], adapter: str, points: list[ChunkPoint]) -> None:
+def test_count_total_by_doc_and_by_groups(
+    stores: dict[str, VectorStore], adapter: str, points: list[ChunkPoint]
+) -> None:
     store = stores[adapter]
     assert store.count() == N_POINTS
     for doc_id in (*DOC_IDS, "missing"):
@@ -252,8 +262,12 @@ def test_hybrid_with_duplicate_chunks_agrees_on_the_tie_group(tmp_path: Path, po
     dup = points[60]  # not among the 50 stored below, so only the duplicates match it exactly
     unique_term = 7  # not in the generated vocabulary: only the duplicates carry it
     dups = [
-        ChunkPoint(id=str(uuid.UUID(int=i + 1)), vector=dup.vector, payload={**dup.payload, "text": f"dup {i}"},
-                   sparse=SparseVec([unique_term], [2.0]))
+        ChunkPoint(
+            id=str(uuid.UUID(int=i + 1)),
+            vector=dup.vector,
+            payload={**dup.payload, "text": f"dup {i}"},
+            sparse=SparseVec([unique_term], [2.0]),
+        )
         for i in range(3)
     ]
     opened = {name: _filled(opener, tmp_path, [*points[:50], *dups]) for name, opener in ADAPTERS.items()}
@@ -261,7 +275,9 @@ def test_hybrid_with_duplicate_chunks_agrees_on_the_tie_group(tmp_path: Path, po
         for store in opened.values():
             hits = store.search(dup.vector, sparse=SparseVec([unique_term], [1.0]), limit=5)
             assert {h.id for h in hits[:3]} == {d.id for d in dups}
-            assert sum(h.score for h in hits[:3]) == pytest.approx(2 * sum(1 / (60 + r) for r in range(3)), abs=SCORE_TOL)
+            assert sum(h.score for h in hits[:3]) == pytest.approx(
+                2 * sum(1 / (60 + r) for r in range(3)), abs=SCORE_TOL
+            )
             assert hits[3].score < min(h.score for h in hits[:3])
     finally:
         for store in opened.values():
@@ -348,7 +364,9 @@ def test_delete_document_keeps_only_the_kept_version(tmp_path: Path, points: lis
 def test_upsert_replaces_a_chunk_by_id(tmp_path: Path, adapter: str, points: list[ChunkPoint]) -> None:
     store = _filled(ADAPTERS[adapter], tmp_path, points[:20])
     try:
-        changed = ChunkPoint(id=points[0].id.upper(), vector=points[1].vector, payload={**points[0].payload, "version": "v9"})
+        changed = ChunkPoint(
+            id=points[0].id.upper(), vector=points[1].vector, payload={**points[0].payload, "version": "v9"}
+        )
         store.upsert([changed])
         assert store.count() == 20
         top = store.search(points[1].vector, limit=2)
@@ -386,7 +404,9 @@ def test_model_record_survives_reopen_and_refuses_another_model(
         with pytest.raises(EmbeddingMismatch):
             store.ensure_collection(CollectionInfo(embedding_model="test-model", dim=DIM * 2))
         q = next(make_queries(1))
-        assert [h.id for h in store.search(q.dense, groups=q.groups, limit=5)] == [pid for pid, _ in oracle_dense(points, q, 5)]
+        assert [h.id for h in store.search(q.dense, groups=q.groups, limit=5)] == [
+            pid for pid, _ in oracle_dense(points, q, 5)
+        ]
 
 
 @pytest.mark.parametrize("opener", [open_edge, open_local_from_settings], ids=["edge", "local"])

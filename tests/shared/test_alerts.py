@@ -140,8 +140,11 @@ def test_webhook_delivery_retries_with_backoff_until_the_receiver_accepts(tmp_pa
 def test_a_dead_or_refusing_receiver_never_breaks_raising(tmp_path: Path) -> None:
     store = MetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
     slept: list[float] = []
-    with webhook_receiver(refuse_first=99) as down, webhook_receiver(refuse_first=99, refusal=400) as refusing, \
-            httpx.Client(timeout=5) as client:
+    with (
+        webhook_receiver(refuse_first=99) as down,
+        webhook_receiver(refuse_first=99, refusal=400) as refusing,
+        httpx.Client(timeout=5) as client,
+    ):
         sinks = [
             WebhookSink(down.url, client=client, attempts=3, backoff_s=1, sleep=slept.append),
             WebhookSink(refusing.url, client=client, attempts=3, backoff_s=1, sleep=slept.append),
@@ -167,7 +170,9 @@ def test_resolving_tells_the_receiver(tmp_path: Path) -> None:
 
 def test_a_drift_alert_on_a_vision_stream_requests_retraining_once(store: MetadataStore) -> None:
     requests = AlertStore(store)
-    actions = build_actions([ActionConfig(type="retrain", kind="drift", streams=["vision*"])], ActionDeps(alerts=requests))
+    actions = build_actions(
+        [ActionConfig(type="retrain", kind="drift", streams=["vision*"])], ActionDeps(alerts=requests)
+    )
     manager = AlertManager(store, actions=actions)
 
     manager.raise_alert("drift", "vision:line-1/brightness", "warning", "PSI 0.4", {"stream": "vision:line-1"})

@@ -41,13 +41,17 @@ def by_feature(m: DriftMonitor) -> dict[str, object]:
 def test_a_shifted_stream_alerts_and_an_unshifted_one_stays_ok(store: MetadataStore) -> None:
     clock, rng = Clock(), np.random.default_rng(0)
     m = monitor(store, clock)
-    m.record_many("rag", {"query_length": rng.normal(60, 15, 1000).tolist(), "top1_score": rng.beta(5, 3, 1000).tolist()})
+    m.record_many(
+        "rag", {"query_length": rng.normal(60, 15, 1000).tolist(), "top1_score": rng.beta(5, 3, 1000).tolist()}
+    )
     assert {s.status for s in m.status()} == {"no_reference"}
     frozen = m.freeze_reference("rag", label="handbook-v1")
     assert set(frozen) == {"query_length", "top1_score"} and frozen["query_length"].n == 1000
 
     clock.advance(HOUR)
-    m.record_many("rag", {"query_length": rng.normal(60, 15, 300).tolist(), "top1_score": (rng.beta(5, 3, 300) - 0.2).tolist()})
+    m.record_many(
+        "rag", {"query_length": rng.normal(60, 15, 300).tolist(), "top1_score": (rng.beta(5, 3, 300) - 0.2).tolist()}
+    )
     s = by_feature(m)
     assert s["query_length"].status == "ok" and s["query_length"].psi < 0.1
     assert s["top1_score"].status == "alert" and s["top1_score"].psi >= 0.25
@@ -122,9 +126,13 @@ def test_running_totals_add_only_what_grew(store: MetadataStore) -> None:
     m = monitor(store, clock, min_reference=1, min_current=1)
     edges = [1.0, 2.0]
     assert m.record_cumulative("v", "detections", source="cam-1", epoch="a", edges=edges, counts=[5, 3, 2]) == 10
-    assert m.record_cumulative("v", "detections", source="cam-1", epoch="a", edges=edges, counts=[5, 3, 2]) == 0  # a retry
+    assert (
+        m.record_cumulative("v", "detections", source="cam-1", epoch="a", edges=edges, counts=[5, 3, 2]) == 0
+    )  # a retry
     assert m.record_cumulative("v", "detections", source="cam-1", epoch="a", edges=edges, counts=[9, 4, 2]) == 5
-    assert m.record_cumulative("v", "detections", source="cam-1", epoch="b", edges=edges, counts=[1, 0, 0]) == 1  # restart
+    assert (
+        m.record_cumulative("v", "detections", source="cam-1", epoch="b", edges=edges, counts=[1, 0, 0]) == 1
+    )  # restart
     assert m.record_cumulative("v", "class", source="cam-1", epoch="b", counts={"spot": 4}) == 4
     assert m.record_cumulative("v", "class", source="cam-1", epoch="b", counts={"spot": 6, "crack": 1}) == 3
     assert m.record_cumulative("v", "class", source="cam-2", epoch="b", counts={"spot": 2}) == 2  # another device
@@ -133,7 +141,9 @@ def test_running_totals_add_only_what_grew(store: MetadataStore) -> None:
     assert ref["class"].kind == "categorical" and ref["class"].data["counts"] == {"spot": 8.0, "crack": 1.0}
 
 
-def test_a_requested_reference_freezes_once_enough_arrives_and_the_old_one_rules_until_then(store: MetadataStore) -> None:
+def test_a_requested_reference_freezes_once_enough_arrives_and_the_old_one_rules_until_then(
+    store: MetadataStore,
+) -> None:
     clock, rng = Clock(), np.random.default_rng(4)
     m = monitor(store, clock, min_reference=300, min_current=100)
     m.record("vision:line-1", "max_score", rng.beta(8, 2, 400).tolist())

@@ -168,8 +168,14 @@ class DictIndexer:
         if b"\x00" in data:
             raise Rejected("binary file")
         text = data.decode("utf-8")
-        return Prepared(item=item, content_hash=content_hash, groups=list(groups),
-                        title=text.splitlines()[0], units=len(text.splitlines()), payload=text)
+        return Prepared(
+            item=item,
+            content_hash=content_hash,
+            groups=list(groups),
+            title=text.splitlines()[0],
+            units=len(text.splitlines()),
+            payload=text,
+        )
 
     def commit(self, batch: Sequence[Prepared]) -> None:
         self.commit_calls += 1
@@ -220,8 +226,9 @@ def _assert_consistent(store: MetadataStore, index: DictIndexer, folder: Path) -
         assert index.docs[doc.id]["text"] == (folder / path).read_text()
 
 
-def test_first_ingest_adds_every_file(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                      index: DictIndexer, folder: Path) -> None:
+def test_first_ingest_adds_every_file(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     summary = pipeline.ingest(folder, ["eng"])
 
     assert summary.status == "succeeded"
@@ -238,8 +245,9 @@ def test_first_ingest_adds_every_file(pipeline: IngestPipeline, sqlite_store: Me
     assert run.finished_at is not None
 
 
-def test_reingest_unchanged_commits_nothing(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                            index: DictIndexer, folder: Path) -> None:
+def test_reingest_unchanged_commits_nothing(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     pipeline.ingest(folder, ["eng"])
     commits = index.commit_calls
 
@@ -252,8 +260,9 @@ def test_reingest_unchanged_commits_nothing(pipeline: IngestPipeline, sqlite_sto
     _assert_consistent(sqlite_store, index, folder)
 
 
-def test_edited_file_is_updated_in_place(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                         index: DictIndexer, folder: Path) -> None:
+def test_edited_file_is_updated_in_place(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     first = pipeline.ingest(folder, ["eng"])
     old = sqlite_store.find_document(first.source, "b.md")
     (folder / "b.md").write_text("beta, rewritten\n")
@@ -268,8 +277,9 @@ def test_edited_file_is_updated_in_place(pipeline: IngestPipeline, sqlite_store:
     _assert_consistent(sqlite_store, index, folder)
 
 
-def test_deleted_file_leaves_index_and_metadata(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                                index: DictIndexer, folder: Path) -> None:
+def test_deleted_file_leaves_index_and_metadata(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     pipeline.ingest(folder, ["eng"])
     gone_id = document_id(folder_source(folder), "sub/c.txt")
     (folder / "sub" / "c.txt").unlink()
@@ -283,8 +293,9 @@ def test_deleted_file_leaves_index_and_metadata(pipeline: IngestPipeline, sqlite
     _assert_consistent(sqlite_store, index, folder)
 
 
-def test_single_file_ingest_keeps_its_siblings(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                               index: DictIndexer, folder: Path) -> None:
+def test_single_file_ingest_keeps_its_siblings(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     """Re-ingesting one edited file updates it and deletes nothing else."""
     pipeline.ingest(folder, ["eng"])
     (folder / "a.md").write_text("alpha v2\n")
@@ -296,8 +307,9 @@ def test_single_file_ingest_keeps_its_siblings(pipeline: IngestPipeline, sqlite_
     _assert_consistent(sqlite_store, index, folder)
 
 
-def test_bad_files_are_dead_lettered_and_the_rest_indexed(sqlite_store: MetadataStore, index: DictIndexer,
-                                                          folder: Path) -> None:
+def test_bad_files_are_dead_lettered_and_the_rest_indexed(
+    sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     """Empty, oversize and binary files become dead letters with reasons; the run is 'partial'."""
     _write(folder, "empty.txt", "")
     _write(folder, "big.txt", "x" * 200)
@@ -322,8 +334,9 @@ def test_bad_files_are_dead_lettered_and_the_rest_indexed(sqlite_store: Metadata
     assert (run.status, run.failed, run.added) == ("partial", 3, 3)
 
 
-def test_file_turning_binary_drops_its_old_version(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                                   index: DictIndexer, folder: Path) -> None:
+def test_file_turning_binary_drops_its_old_version(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     """A broken new version is dead-lettered and the stale old one does not linger."""
     pipeline.ingest(folder, ["eng"])
     doc_id = document_id(folder_source(folder), "a.md")
@@ -337,8 +350,9 @@ def test_file_turning_binary_drops_its_old_version(pipeline: IngestPipeline, sql
     assert set(_texts(index, folder)) == {"b.md", "sub/c.txt"}
 
 
-def test_changing_groups_reindexes(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                   index: DictIndexer, folder: Path) -> None:
+def test_changing_groups_reindexes(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     """Who may read a document is part of its version: new groups re-index every file."""
     pipeline.ingest(folder, ["eng"])
     assert sqlite_store.list_documents(groups=["sales"]) == []
@@ -357,7 +371,8 @@ def test_progress_reaches_the_total(sqlite_store: MetadataStore, index: DictInde
     _write(folder, "empty.txt", "")
     calls: list[tuple[int, int]] = []
     IngestPipeline(sqlite_store, index, max_file_bytes=1000, batch_units=1).ingest(
-        folder, ["eng"], progress=lambda done, total: calls.append((done, total)))
+        folder, ["eng"], progress=lambda done, total: calls.append((done, total))
+    )
     assert calls[-1] == (4, 4)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
 
@@ -391,8 +406,9 @@ def test_crash_mid_run_is_recorded_and_the_next_run_resumes(sqlite_store: Metada
     assert [r.status for r in sqlite_store.recent_runs()] == ["succeeded", "failed"]
 
 
-def test_file_vanishing_mid_run_is_dead_lettered(pipeline: IngestPipeline, sqlite_store: MetadataStore,
-                                                  index: DictIndexer, folder: Path) -> None:
+def test_file_vanishing_mid_run_is_dead_lettered(
+    pipeline: IngestPipeline, sqlite_store: MetadataStore, index: DictIndexer, folder: Path
+) -> None:
     """A listed file that cannot be read becomes a dead letter; the others are indexed."""
     source, items, complete = scan_source(folder)
     (folder / "b.md").unlink()

@@ -223,8 +223,14 @@ def test_dead_letters_are_linked_to_runs(store: MetadataStore) -> None:
 
 def test_feedback_round_trip(store: MetadataStore) -> None:
     """Feedback keeps every field, including the JSON extra, newest first."""
-    f1 = store.add_feedback(user="ann", question="What is X?", answer="X is Y.", rating=1, comment="good",
-                            extra={"sources": ["a.md", "b.md"], "latency_ms": 120})
+    f1 = store.add_feedback(
+        user="ann",
+        question="What is X?",
+        answer="X is Y.",
+        rating=1,
+        comment="good",
+        extra={"sources": ["a.md", "b.md"], "latency_ms": 120},
+    )
     f2 = store.add_feedback(user="bob", question="Why?", answer="", rating=-1)
 
     items = store.feedback()

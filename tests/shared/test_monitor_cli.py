@@ -67,7 +67,9 @@ def test_check_raises_alerts_and_status_json_reports_everything(home: Path) -> N
     status = json.loads(shown.output)
     assert {"drift", "freshness", "recent_runs", "alerts"} <= set(status)
 
-    assert [(d["stream"], d["feature"], d["status"]) for d in status["drift"]] == [("vision:line-1", "brightness", "alert")]
+    assert [(d["stream"], d["feature"], d["status"]) for d in status["drift"]] == [
+        ("vision:line-1", "brightness", "alert")
+    ]
     fresh = {f["source"]: f for f in status["freshness"]}
     assert fresh["folder:/srv/handbook"]["breached"] and 29.9 < fresh["folder:/srv/handbook"]["age_s"] / HOUR < 30.1
     assert not fresh["folder:/srv/wiki"]["breached"]

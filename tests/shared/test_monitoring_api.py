@@ -40,7 +40,10 @@ def store(tmp_path: Path) -> Iterator[MetadataStore]:
 
 def app_for(store: MetadataStore, tmp_path: Path, interval_s: float = 0):
     settings = Settings(home=tmp_path / "home")
-    plugin = lambda ctx: shared.monitoring.api.plugin(ctx, store=store, interval_s=interval_s)
+
+    def plugin(ctx):  # noqa: ANN001, ANN202
+        return shared.monitoring.api.plugin(ctx, store=store, interval_s=interval_s)
+
     return create_app(settings, plugins=[plugin], keys=keys())
 
 

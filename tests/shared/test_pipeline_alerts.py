@@ -20,7 +20,9 @@ def run_alerts(alerts) -> list[tuple[str, str]]:
 
 def test_a_failed_run_raises_a_critical_alert_with_its_error(store: MetadataStore) -> None:
     record_run(store, "folder:/docs", kind="sync", hours_ago=5)
-    failed = record_run(store, "folder:/docs", kind="sync", status="failed", error="PermissionError: /docs/a.pdf", hours_ago=1)
+    failed = record_run(
+        store, "folder:/docs", kind="sync", status="failed", error="PermissionError: /docs/a.pdf", hours_ago=1
+    )
     record_run(store, "dataset:plates", kind="dataset", status="interrupted", error="KeyboardInterrupt: ")
     monitor = Monitor(store, MonitoringConfig())
 

@@ -31,7 +31,9 @@ def test_a_non_ascii_key_is_refused_not_a_crash(tmp_path: Path) -> None:
     client = _app(tmp_path)
     r = client.post("/v1/echo", headers={"X-API-Key": "café".encode("latin-1")}, content=b"{}")
     assert r.status_code == 401
-    assert client.post("/v1/echo", headers={"X-API-Key": "local-token-xyz"}, content=b"{}").json()["user"] == "local-admin"
+    assert (
+        client.post("/v1/echo", headers={"X-API-Key": "local-token-xyz"}, content=b"{}").json()["user"] == "local-admin"
+    )
 
 
 def test_an_oversized_body_is_refused_before_it_is_read(tmp_path: Path) -> None:

@@ -31,10 +31,15 @@ class Versions:
         folder = model_dir(self.settings, mv.version)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "model.fp32.onnx").write_bytes(data)
-        self.registry.set_tags(mv.version, {
-            "onnx.fp32.sha256": hashlib.sha256(data).hexdigest(), "onnx.fp32.size": len(data),
-            "preferred_precision": "fp32", "precisions": "fp32",
-        })
+        self.registry.set_tags(
+            mv.version,
+            {
+                "onnx.fp32.sha256": hashlib.sha256(data).hexdigest(),
+                "onnx.fp32.size": len(data),
+                "preferred_precision": "fp32",
+                "precisions": "fp32",
+            },
+        )
         return mv.version
 
 

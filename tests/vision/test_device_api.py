@@ -62,7 +62,15 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
 
 
 def _meta(device: str = "cam-01", frame_id: str | None = None, **extra) -> str:
-    return json.dumps({"device_id": device, "frame_id": frame_id or uuid.uuid4().hex, "reason": "close_to_threshold", "predictions": [], **extra})
+    return json.dumps(
+        {
+            "device_id": device,
+            "frame_id": frame_id or uuid.uuid4().hex,
+            "reason": "close_to_threshold",
+            "predictions": [],
+            **extra,
+        }
+    )
 
 
 def test_devices_need_a_valid_token(central) -> None:
@@ -138,7 +146,10 @@ def test_bad_frame_uploads_get_clear_errors(central, image: bytes, meta: str | N
     client, _, _, settings = central
     before = set((settings.home / "frames").rglob("*"))
     r = client.post(
-        "/v1/devices/frames", headers=_auth(CAM1), files={"image": ("f.jpg", image, "image/jpeg")}, data={"meta": meta or _meta()}
+        "/v1/devices/frames",
+        headers=_auth(CAM1),
+        files={"image": ("f.jpg", image, "image/jpeg")},
+        data={"meta": meta or _meta()},
     )
     assert r.status_code == status, r.text
     assert says in r.json()["detail"]

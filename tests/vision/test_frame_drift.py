@@ -87,7 +87,9 @@ def central(tmp_path: Path):
     clock = Clock()
     store = MetadataStore(f"sqlite:///{tmp_path / 'metadata.db'}")
     monitor = DriftMonitor(store, clock=clock)  # defaults: reference from 500 frames, windows of 200
-    devices = DeviceRegistry([Device(id="cam-01", fleet="line-1", token=CAM1), Device(id="cam-02", fleet="line-2", token=CAM2)])
+    devices = DeviceRegistry(
+        [Device(id="cam-01", fleet="line-1", token=CAM1), Device(id="cam-02", fleet="line-2", token=CAM2)]
+    )
     registry = Promotions({"line-1": "3", "line-2": "3"})
     app = create_app(
         Settings(home=tmp_path / "home"),
@@ -185,7 +187,12 @@ def verdicts(seeds: range, brightness: float, *, reference_n: int = 500, current
     for seed in seeds:
         rng = np.random.default_rng(seed)
         ref, cur = device_counts(rng, reference_n), device_counts(rng, current_n, brightness)
-        out.append({f: psi_status(compare_histograms(ref[f].coarsen(10), cur[f]).psi, DEFAULT_WARN, DEFAULT_ALERT) for f in ref})
+        out.append(
+            {
+                f: psi_status(compare_histograms(ref[f].coarsen(10), cur[f]).psi, DEFAULT_WARN, DEFAULT_ALERT)
+                for f in ref
+            }
+        )
     return out
 
 

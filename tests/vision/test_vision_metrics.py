@@ -20,14 +20,18 @@ from prometheus_client.parser import text_string_to_metric_families
 pytest.importorskip("onnx")
 cv2 = pytest.importorskip("cv2")
 
-from fake_central import mean_model
+from fake_central import mean_model  # noqa: E402
 
-from shared.auth import KeyRegistry
-from shared.config import Settings
-from shared.objectstore import LocalObjectStore
-from shared.server import ApiPlugin, AppContext, create_app
+from shared.auth import KeyRegistry  # noqa: E402
+from shared.config import Settings  # noqa: E402
+from shared.objectstore import LocalObjectStore  # noqa: E402
+from shared.server import ApiPlugin, AppContext, create_app  # noqa: E402
 
-TOKENS = {"cam-01": "token-cam-01-aaaaaaaaaaaa", "cam-02": "token-cam-02-bbbbbbbbbbbb", "cam-03": "token-cam-03-cccccccccccc"}
+TOKENS = {
+    "cam-01": "token-cam-01-aaaaaaaaaaaa",
+    "cam-02": "token-cam-02-bbbbbbbbbbbb",
+    "cam-03": "token-cam-03-cccccccccccc",
+}
 FLEETS = {"cam-01": "line-1", "cam-02": "line-2", "cam-03": "line-1"}
 PRODUCTION = {"line-1": "4", "line-2": "7"}
 
@@ -43,8 +47,13 @@ class FleetModels:
 
         version = PRODUCTION[fleet]
         info = ModelInfo(
-            version=version, sha256=hashlib.sha256(self.path.read_bytes()).hexdigest(), size=self.path.stat().st_size,
-            precision="fp32", url=f"/v1/devices/model/download?version={version}&precision=fp32", names=["scratch"], imgsz=32,
+            version=version,
+            sha256=hashlib.sha256(self.path.read_bytes()).hexdigest(),
+            size=self.path.stat().st_size,
+            precision="fp32",
+            url=f"/v1/devices/model/download?version={version}&precision=fp32",
+            names=["scratch"],
+            imgsz=32,
         )
         return info, self.path
 
@@ -70,7 +79,11 @@ def client(tmp_path: Path):
 def samples(c: TestClient) -> dict[tuple[str, frozenset], float]:
     page = c.get("/metrics")
     assert page.status_code == 200
-    return {(s.name, frozenset(s.labels.items())): s.value for f in text_string_to_metric_families(page.text) for s in f.samples}
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for f in text_string_to_metric_families(page.text)
+        for s in f.samples
+    }
 
 
 def series(c: TestClient, name: str) -> dict[frozenset, float]:
@@ -81,7 +94,15 @@ def L(**labels: str) -> frozenset:
     return frozenset(labels.items())
 
 
-def send_frame(c: TestClient, device: str, *, reason: str | None, version: str | None, frame_id: str | None = None, as_device: str | None = None):
+def send_frame(
+    c: TestClient,
+    device: str,
+    *,
+    reason: str | None,
+    version: str | None,
+    frame_id: str | None = None,
+    as_device: str | None = None,
+):
     ok, jpg = cv2.imencode(".jpg", np.full((48, 64, 3), 128, np.uint8))
     assert ok
     meta = {"device_id": device, "frame_id": frame_id or uuid.uuid4().hex, "reason": reason, "model_version": version}
@@ -102,7 +123,9 @@ def test_frames_are_counted_by_device_fleet_and_reason(client: TestClient) -> No
     # A retried upload is stored once and counted once; a device posing as another is refused.
     assert send_frame(client, "cam-01", reason="uncertain", version="4", frame_id=fid).status_code == 200
     assert send_frame(client, "cam-01", reason="uncertain", version="4", as_device="cam-02").status_code == 403
-    unauthenticated = client.post("/v1/devices/frames", files={"image": ("f.jpg", b"x", "image/jpeg")}, data={"meta": "{}"})
+    unauthenticated = client.post(
+        "/v1/devices/frames", files={"image": ("f.jpg", b"x", "image/jpeg")}, data={"meta": "{}"}
+    )
     assert unauthenticated.status_code == 401
 
     assert series(client, "loopline_frames_received_total") == {
@@ -122,10 +145,16 @@ def test_the_model_in_use_per_fleet_follows_what_devices_report(client: TestClie
     assert series(client, "loopline_model_version_in_use") == {}
     send_frame(client, "cam-01", reason="uncertain", version="4")
     send_frame(client, "cam-02", reason="uncertain", version="7")
-    assert series(client, "loopline_model_version_in_use") == {L(fleet="line-1", version="4"): 1, L(fleet="line-2", version="7"): 1}
+    assert series(client, "loopline_model_version_in_use") == {
+        L(fleet="line-1", version="4"): 1,
+        L(fleet="line-2", version="7"): 1,
+    }
     # cam-03 of the same fleet has updated: line-1 now runs 5, and 4 is gone from the page.
     send_frame(client, "cam-03", reason="uncertain", version="5")
-    assert series(client, "loopline_model_version_in_use") == {L(fleet="line-1", version="5"): 1, L(fleet="line-2", version="7"): 1}
+    assert series(client, "loopline_model_version_in_use") == {
+        L(fleet="line-1", version="5"): 1,
+        L(fleet="line-2", version="7"): 1,
+    }
     # A frame without a version says nothing about the model in use.
     send_frame(client, "cam-01", reason="uncertain", version=None)
     assert series(client, "loopline_model_version_in_use")[L(fleet="line-1", version="5")] == 1

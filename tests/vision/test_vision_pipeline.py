@@ -32,13 +32,17 @@ def run(env: dict[str, str], *args: str) -> str:
 @pytest.fixture(scope="module")
 def data(env, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("plates")
-    printed = run(env, "vision", "dataset", "synth", str(out), "--train", "16", "--val", "8", "--imgsz", "64", "--seed", "3")
+    printed = run(
+        env, "vision", "dataset", "synth", str(out), "--train", "16", "--val", "8", "--imgsz", "64", "--seed", "3"
+    )
     return Path(printed.strip())
 
 
 @pytest.fixture(scope="module")
 def trained(env, data) -> dict:
-    return json.loads(run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json"))
+    return json.loads(
+        run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json")
+    )
 
 
 def test_train_registers_a_version_with_weights_and_metrics(trained, env) -> None:
@@ -93,7 +97,24 @@ def test_eval_of_a_version_and_of_a_file(trained, env, data) -> None:
 
 
 def test_promote_and_rollback(trained, env, data) -> None:
-    second = json.loads(run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--from", "1", "--json"))
+    second = json.loads(
+        run(
+            env,
+            "vision",
+            "train",
+            "--data",
+            str(data),
+            "--epochs",
+            "1",
+            "--imgsz",
+            "64",
+            "--batch",
+            "8",
+            "--from",
+            "1",
+            "--json",
+        )
+    )
     assert second["version"] == "2"
     run(env, "vision", "promote", "1")
     run(env, "vision", "promote", "2")
@@ -107,7 +128,9 @@ def test_promote_and_rollback(trained, env, data) -> None:
 
 
 def test_training_refuses_pretrained_names_that_would_download(env, data) -> None:
-    result = CliRunner().invoke(main, ["vision", "train", "--data", str(data), "--model", "yolov8n.pt", "--epochs", "1"], env=env)
+    result = CliRunner().invoke(
+        main, ["vision", "train", "--data", str(data), "--model", "yolov8n.pt", "--epochs", "1"], env=env
+    )
     assert result.exit_code != 0
     assert "downloaded" in str(result.exception) or "downloaded" in result.output
 
@@ -118,7 +141,9 @@ def test_training_with_a_relative_home_keeps_everything_under_it(
     """The default LOOPLINE_HOME is relative (./.loopline); ultralytics must not re-root it."""
     monkeypatch.chdir(tmp_path)
     env = {"LOOPLINE_HOME": ".loopline", "LOOPLINE_TRAIN_THREADS": "2"}
-    out = json.loads(run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json"))
+    out = json.loads(
+        run(env, "vision", "train", "--data", str(data), "--epochs", "1", "--imgsz", "64", "--batch", "8", "--json")
+    )
     weights = (tmp_path / out["weights"]).resolve()
     assert weights.exists()
     assert weights.is_relative_to((tmp_path / ".loopline").resolve())

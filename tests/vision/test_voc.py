@@ -140,8 +140,14 @@ def test_flaws_are_reported_and_dead_lettered_while_the_rest_imports(
 
     letters = store.dead_letters(run_id=report.run_id)
     assert sorted(dl.path for dl in letters) == sorted(
-        ["Annotations/d.xml", "JPEGImages/e.jpg", "Annotations/m.xml", "Annotations/h.xml",
-         "Annotations/g.xml", "Annotations/f.xml"]
+        [
+            "Annotations/d.xml",
+            "JPEGImages/e.jpg",
+            "Annotations/m.xml",
+            "Annotations/h.xml",
+            "Annotations/g.xml",
+            "Annotations/f.xml",
+        ]
     )
     assert all(dl.reason.split(":")[0] in report.counts() for dl in letters)
     run = store.get_run(report.run_id)

@@ -29,7 +29,7 @@ class Shift:
     defect_look: bool = False  # spots become hollow rings, scratches turn light
 
     @classmethod
-    def parse(cls, spec: str | None) -> "Shift":
+    def parse(cls, spec: str | None) -> Shift:
         """'brightness=40,blur=1.5,defect_look=1' → Shift."""
         if not spec:
             return cls()
@@ -144,9 +144,7 @@ def generate(
             img, boxes = render_plate(rng, imgsz, shift)
             stem = f"{split}_{i:05d}"
             cv2.imwrite(str(out / "images" / split / f"{stem}.png"), img)
-            (out / "labels" / split / f"{stem}.txt").write_text(
-                "".join(b.yolo(imgsz, imgsz) + "\n" for b in boxes)
-            )
+            (out / "labels" / split / f"{stem}.txt").write_text("".join(b.yolo(imgsz, imgsz) + "\n" for b in boxes))
     data = out / "data.yaml"
     names = "\n".join(f"  {i}: {n}" for i, n in enumerate(CLASSES))
     data.write_text(f"path: {out.resolve()}\ntrain: images/train\nval: images/val\nnames:\n{names}\n")

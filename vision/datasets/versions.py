@@ -199,7 +199,12 @@ def snapshot(
     )
     log.info(
         "dataset %s@%s (%s): %s; %d excluded; %.1fs",
-        name, version, "unchanged" if existed else "new", counts, len(excluded), time.perf_counter() - t0,
+        name,
+        version,
+        "unchanged" if existed else "new",
+        counts,
+        len(excluded),
+        time.perf_counter() - t0,
     )
     return DatasetVersion(
         record=record, data_yaml=derived, run_id=run_id, created=not existed, excluded=tuple(excluded)

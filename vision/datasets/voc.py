@@ -32,9 +32,11 @@ from shared.ingestion.sources import folder_source
 from shared.metadata.store import MetadataStore
 
 try:  # hardened parser when installed; the stdlib one is fine for local, trusted files
-    from defusedxml.ElementTree import ParseError, parse as parse_xml
+    from defusedxml.ElementTree import ParseError
+    from defusedxml.ElementTree import parse as parse_xml
 except ImportError:  # pragma: no cover - defusedxml is optional
-    from xml.etree.ElementTree import ParseError, parse as parse_xml  # noqa: S405
+    from xml.etree.ElementTree import ParseError  # noqa: S405
+    from xml.etree.ElementTree import parse as parse_xml
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +169,12 @@ def import_voc(
         _record(store, run_id, source, report)
     log.info(
         "imported VOC %s → %s: images %s, boxes %s, issues %s (%.1fs)",
-        src, out, report.images, report.boxes, report.counts(), report.seconds,
+        src,
+        out,
+        report.images,
+        report.boxes,
+        report.counts(),
+        report.seconds,
     )
     return report
 
@@ -204,20 +211,29 @@ def _read_splits(src: Path, report: ImportReport) -> dict[str, str]:
     for split in SPLITS:
         for stem in sorted(set(listed.get(split, ()))):
             if stem in assignment:
-                report.issues.append(VocIssue(
-                    kind="split_overlap", file=f"ImageSets/Main/{split}.txt", split=split, dropped=False,
-                    detail=f"{stem} is also in {assignment[stem]}.txt; kept only in "
-                    f"{assignment[stem]} so {split} does not leak training images",
-                ))
+                report.issues.append(
+                    VocIssue(
+                        kind="split_overlap",
+                        file=f"ImageSets/Main/{split}.txt",
+                        split=split,
+                        dropped=False,
+                        detail=f"{stem} is also in {assignment[stem]}.txt; kept only in "
+                        f"{assignment[stem]} so {split} does not leak training images",
+                    )
+                )
                 continue
             assignment[stem] = split
     for stem in annotated:
         if stem not in assignment:
-            report.issues.append(VocIssue(
-                kind="unlisted_image", file=f"Annotations/{stem}.xml", dropped=True,
-                detail=f"{stem} is annotated but listed in no ImageSets/Main split file; "
-                "not imported (add it to a split file to import it)",
-            ))
+            report.issues.append(
+                VocIssue(
+                    kind="unlisted_image",
+                    file=f"Annotations/{stem}.xml",
+                    dropped=True,
+                    detail=f"{stem} is annotated but listed in no ImageSets/Main split file; "
+                    "not imported (add it to a split file to import it)",
+                )
+            )
     _report_unannotated(src, set(annotated) | set(assignment), report)
     if "val" not in listed and "train" in listed and not any("trainval" in n for n in report.notes):
         report.notes.append("no ImageSets/Main/val.txt: data.yaml's val points at train")
@@ -231,10 +247,14 @@ def _report_unannotated(src: Path, known: set[str], report: ImportReport) -> Non
         return
     for img in sorted(folder.iterdir()):
         if img.suffix.lower() in IMAGE_SUFFIXES and img.stem not in known:
-            report.issues.append(VocIssue(
-                kind="missing_annotation", file=f"JPEGImages/{img.name}", dropped=True,
-                detail=f"no Annotations/{img.stem}.xml and in no split file; not imported",
-            ))
+            report.issues.append(
+                VocIssue(
+                    kind="missing_annotation",
+                    file=f"JPEGImages/{img.name}",
+                    dropped=True,
+                    detail=f"no Annotations/{img.stem}.xml and in no split file; not imported",
+                )
+            )
 
 
 # --- parsing ---------------------------------------------------------------------------
@@ -260,8 +280,14 @@ def _parse(src: Path, stem: str, split: str, report: ImportReport) -> _Parsed | 
     xml_rel = f"Annotations/{stem}.xml"
     xml_path = src / xml_rel
     if not xml_path.is_file():
-        _issue(report, "missing_annotation", xml_rel, f"{stem} is listed in {split}.txt but has no "
-               f"{xml_rel}; image not imported (an image without objects needs an XML with none)", split)
+        _issue(
+            report,
+            "missing_annotation",
+            xml_rel,
+            f"{stem} is listed in {split}.txt but has no "
+            f"{xml_rel}; image not imported (an image without objects needs an XML with none)",
+            split,
+        )
         return None
     try:
         root = parse_xml(xml_path).getroot()
@@ -288,8 +314,14 @@ def _parse(src: Path, stem: str, split: str, report: ImportReport) -> _Parsed | 
     if size is not None:
         xw, xh = _text(size, "width"), _text(size, "height")
         if (xw, xh) != (str(p.width), str(p.height)):
-            _issue(report, "size_mismatch", xml_rel, f"<size> says {xw}x{xh} but the image is "
-                   f"{p.width}x{p.height}; boxes were normalised by the image's real size", split)
+            _issue(
+                report,
+                "size_mismatch",
+                xml_rel,
+                f"<size> says {xw}x{xh} but the image is "
+                f"{p.width}x{p.height}; boxes were normalised by the image's real size",
+                split,
+            )
     for n, obj in enumerate(root.findall("object"), start=1):
         name = _text(obj, "name")
         where = f"object {n}" + (f" ({name})" if name else "")
@@ -340,20 +372,36 @@ def _write(p: _Parsed, out: Path, report: ImportReport) -> None:
     for n, obj in enumerate(p.objects, start=1):
         where = f"object {n} ({obj.name})"
         if obj.name not in index:
-            _issue(report, "unknown_class", p.xml_rel, f"{where}: class '{obj.name}' is not in "
-                   f"{report.classes}; box dropped (pass it in `classes` to keep it)", p.split)
+            _issue(
+                report,
+                "unknown_class",
+                p.xml_rel,
+                f"{where}: class '{obj.name}' is not in "
+                f"{report.classes}; box dropped (pass it in `classes` to keep it)",
+                p.split,
+            )
             continue
         # VOC's 1-based pixel indices are read as continuous coordinates: at most a pixel
         # off, and 0-based tools' boxes are not all flagged as out of bounds.
         x1, y1, x2, y2 = obj.box
         cx1, cy1, cx2, cy2 = max(0.0, x1), max(0.0, y1), min(float(w), x2), min(float(h), y2)
         if cx2 <= cx1 or cy2 <= cy1:
-            _issue(report, "zero_area_box", p.xml_rel, f"{where}: box {obj.box} has no width or height "
-                   f"inside the {w}x{h} image; box dropped", p.split)
+            _issue(
+                report,
+                "zero_area_box",
+                p.xml_rel,
+                f"{where}: box {obj.box} has no width or height inside the {w}x{h} image; box dropped",
+                p.split,
+            )
             continue
         if (cx1, cy1, cx2, cy2) != (x1, y1, x2, y2):
-            _issue(report, "clipped_box", p.xml_rel, f"{where}: box {obj.box} crosses the {w}x{h} image "
-                   f"edge; clipped to {(cx1, cy1, cx2, cy2)}", p.split)
+            _issue(
+                report,
+                "clipped_box",
+                p.xml_rel,
+                f"{where}: box {obj.box} crosses the {w}x{h} image edge; clipped to {(cx1, cy1, cx2, cy2)}",
+                p.split,
+            )
         if obj.difficult:
             _issue(report, "difficult", p.xml_rel, f"{where}: marked difficult; kept", p.split)
         lines.append(
