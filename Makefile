@@ -41,7 +41,7 @@ serve: setup
 	$(VENV)/bin/loopline serve
 
 bench-rag: setup
-	$(PY) -m evaluation.bench_rag ../shared/corpora/sourcegraph-handbook/content --qa ../shared/eval/handbook-qa-dev.jsonl --max-docs 150
+	$(PY) -m evaluation.benchmarks.rag ../shared/corpora/sourcegraph-handbook/content --qa ../shared/eval/handbook-qa-dev.jsonl --max-docs 150
 
 clean:
 	rm -rf .loopline .pytest_cache build *.egg-info

@@ -283,11 +283,25 @@ def _finite(value: Any) -> float | None:
     return None if math.isnan(value) else value
 
 
-def _rank(sources: Sequence[str], expected: str) -> int | None:
+def rank_of(sources: Sequence[str], expected: str) -> int | None:
+    """The 1-based rank of `expected` in `sources` (documents best first); None when absent."""
     for i, s in enumerate(sources, start=1):
         if s == expected:
             return i
     return None
+
+
+def retrieval_scores(ranks: Sequence[int | None], top_k: int) -> dict[str, float | None]:
+    """hit@1, hit@k and MRR@k over the ranks of answerable questions (None: not retrieved).
+
+    Each is None when there are no ranks. The benchmarks score their retrievals with it too.
+    """
+    n = len(ranks)
+    return {
+        "hit@1": _ratio(sum(r == 1 for r in ranks), n),
+        f"hit@{top_k}": _ratio(sum(r is not None and r <= top_k for r in ranks), n),
+        f"mrr@{top_k}": round(sum(1 / r for r in ranks if r) / n, 4) if n else None,
+    }
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -308,9 +322,7 @@ def summarise(questions: Sequence[dict], top_k: int) -> dict[str, Any]:
         "questions": len(questions),
         "answerable": len(ans),
         "unanswerable": len(un),
-        "hit@1": _ratio(sum(r == 1 for r in ranks), len(ans)),
-        f"hit@{top_k}": _ratio(sum(r is not None and r <= top_k for r in ranks), len(ans)),
-        f"mrr@{top_k}": round(sum(1 / r for r in ranks if r) / len(ans), 4) if ans else None,
+        **retrieval_scores(ranks, top_k),
         "abstain_rate_unanswerable": _ratio(sum(q["abstained"] for q in un), len(un)),
         "wrong_abstain_rate_answerable": _ratio(sum(q["abstained"] for q in ans), len(ans)),
     }
@@ -376,7 +388,7 @@ def evaluate_rag(
         for c in a.citations:
             if c.source not in sources:
                 sources.append(c.source)
-        rank = _rank(sources, item.source) if item.answerable else None
+        rank = rank_of(sources, item.source) if item.answerable else None
         questions.append(
             {
                 "id": item.id,

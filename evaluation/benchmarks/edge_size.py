@@ -1,6 +1,6 @@
 """Measure what the edge runtime costs on a device: install size, import time, no training stack.
 
-    python -m evaluation.edge_size [--keep DIR] [--model M.onnx --source DIR] [--with-base] [--json]
+    python -m evaluation.benchmarks.edge_size [--keep DIR | --venv DIR] [--model M.onnx --source DIR] [--with-base] [--json]
 
 Creates a fresh virtual environment (in a temporary folder, or DIR with --keep, which is then
 left in place), installs into it only what the edge part needs — numpy, onnxruntime,
@@ -18,13 +18,15 @@ copy of its sources, so nothing is written into the checkout), then reports:
 If the console script fails for lack of the base dependencies (pydantic, sqlalchemy, ...),
 or with --with-base, the base dependencies of pyproject.toml are installed on top and the
 size and the checks are reported again, so both sizes (edge libs only, edge + base) are
-visible. pip may download from the package index or reuse its cache; the main venv is only
-read, never installed into. A table goes to stdout (JSON with --json); progress to stderr.
+visible. With --venv DIR an existing venv (one kept by --keep, say) is measured as it is:
+nothing is created or installed. pip may download from the package index or reuse its cache;
+the main venv is only read, never installed into. A table goes to stdout (JSON with --json);
+progress to stderr. Exit code 1 when the training stack is importable in the edge venv or
+the edge import fails there.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -40,9 +42,14 @@ import time
 import tomllib
 from pathlib import Path
 
+import click
 from tqdm import tqdm
 
-log = logging.getLogger("evaluation.edge_size")
+from evaluation.benchmarks.command import given_args
+
+log = logging.getLogger(__name__)
+
+MODULE = "evaluation.benchmarks.edge_size"
 
 EDGE_LIBS = ["numpy", "onnxruntime", "opencv-python-headless", "click"]
 MUST_BE_ABSENT = ["torch", "ultralytics", "llama_index", "mlflow"]
@@ -230,7 +237,10 @@ def check_cli(venv: Path, model: Path | None, source: Path | None, *, cwd: Path,
     return out
 
 
-def measure_venv(venv: Path, python: Path, args: argparse.Namespace, *, cwd: Path, label: str) -> dict:
+def measure_venv(
+    venv: Path, python: Path, *, runs: int, model: Path | None, source: Path | None, cwd: Path, label: str
+) -> dict:
+    """Size, importability, edge import time and console script of the venv at `venv`."""
     env = _clean_env({"VIRTUAL_ENV": str(venv), "PATH": f"{venv / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"})
     site = site_packages(python)
     return {
@@ -241,8 +251,8 @@ def measure_venv(venv: Path, python: Path, args: argparse.Namespace, *, cwd: Pat
         "largest": largest_entries(site),
         "edge_module": where_edge_comes_from(python, cwd=cwd, env=env),
         "importable": importable(python, MUST_BE_ABSENT + ["pydantic", "sqlalchemy", "yaml"], cwd=cwd, env=env),
-        "edge_import": timed_import(python, EDGE_IMPORT, cwd=cwd, env=env, runs=args.runs),
-        "cli": check_cli(venv, args.model, args.source, cwd=cwd, env=env),
+        "edge_import": timed_import(python, EDGE_IMPORT, cwd=cwd, env=env, runs=runs),
+        "cli": check_cli(venv, model, source, cwd=cwd, env=env),
     }
 
 
@@ -268,8 +278,17 @@ def needed_for_cli(edge_only: dict) -> list[str]:
     cli = edge_only["cli"]
     if cli.get("ok"):
         return []
+    if not cli.get("exists"):
+        return [f"(no console script: {cli['script']})"]
     missing = {m for m in (cli.get("help", {}).get("missing_module"), cli.get("run", {}).get("missing_module")) if m}
     return sorted(missing) or ["(see cli.help.stderr_tail)"]
+
+
+def _help_cell(cli: dict) -> str:
+    if not cli.get("exists"):
+        return f"no script ({cli['script']})"
+    h = cli["help"]
+    return "ok" if h["rc"] == 0 else f"rc {h['rc']} ({h['missing_module']})"
 
 
 def render(report: dict) -> str:
@@ -288,11 +307,7 @@ def render(report: dict) -> str:
                 if imp.get("ok")
                 else f"FAIL {imp.get('error')}",
                 "OK (absent: " + ", ".join(absent) + ")" if not present else "PRESENT: " + ", ".join(present),
-                (
-                    "ok"
-                    if m["cli"]["help"]["rc"] == 0
-                    else f"rc {m['cli']['help']['rc']} ({m['cli']['help']['missing_module']})"
-                ),
+                _help_cell(m["cli"]),
                 (
                     f"rc {run['rc']}, {run['frames']} frames, {run['detections']} dets, median {run['median_latency_ms']} ms"
                     if run
@@ -347,110 +362,148 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
-        prog="python -m evaluation.edge_size",
-        description="Install only the edge part into a fresh venv and measure its size, import time and CLI.",
-    )
-    p.add_argument("--keep", type=Path, default=None, help="Create the venv in DIR (must not exist) and keep it.")
-    p.add_argument("--model", type=Path, default=None, help="ONNX model for a real `loopline edge run` in the venv.")
-    p.add_argument("--source", type=Path, default=None, help="Image folder for that run (with --model).")
-    p.add_argument("--with-base", action="store_true", help="Also install the base dependencies and measure again.")
-    p.add_argument("--runs", type=int, default=5, help="Fresh interpreters for the edge import time (median).")
-    p.add_argument(
-        "--train-runs", type=int, default=3, help="Fresh interpreters for the training-stack import (median)."
-    )
-    p.add_argument("--json", action="store_true", help="Print the report as JSON instead of a table.")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="More log output on stderr.")
-    args = p.parse_args(argv)
-    if (args.model is None) != (args.source is None):
-        p.error("--model and --source go together")
-    if args.model is not None:
-        args.model, args.source = args.model.resolve(), args.source.resolve()
-        if not args.model.is_file():
-            p.error(f"--model {args.model}: no such file")
-        if not args.source.exists():
-            p.error(f"--source {args.source}: no such file or folder")
-    if args.keep is not None and args.keep.exists() and any(args.keep.iterdir()):
-        p.error(f"--keep {args.keep} exists and is not empty; pick a new folder")
-    return args
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+@click.command("edge-size", short_help="Size and import time of an edge-only install.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Create the venv in DIR (new or empty) and keep it.",
+)
+@click.option(
+    "--venv",
+    "given_venv",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Measure this existing venv (e.g. one kept with --keep) as it is: nothing is created or installed.",
+)
+@click.option(
+    "--model",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="ONNX model for a real `loopline edge run` in the venv.",
+)
+@click.option(
+    "--source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Image folder for that run (with --model).",
+)
+@click.option("--with-base", is_flag=True, help="Also install the base dependencies and measure again.")
+@click.option(
+    "--runs", type=click.IntRange(1), default=5, show_default=True, help="Fresh interpreters for the edge import time."
+)
+@click.option(
+    "--train-runs",
+    type=click.IntRange(1),
+    default=3,
+    show_default=True,
+    help="Fresh interpreters for the training-stack import (median).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON instead of a table.")
+@click.option("-v", "--verbose", count=True, help="More log output on stderr.")
+@click.pass_context
+def edge_size(
+    ctx: click.Context,
+    keep: Path | None,
+    given_venv: Path | None,
+    model: Path | None,
+    source: Path | None,
+    with_base: bool,
+    runs: int,
+    train_runs: int,
+    as_json: bool,
+    verbose: int,
+) -> None:
+    """Install only the edge part into a fresh venv and measure its size, import time and CLI."""
+    if (model is None) != (source is None):
+        raise click.UsageError("--model and --source go together")
+    if keep is not None and given_venv is not None:
+        raise click.UsageError("--keep creates a venv and --venv measures an existing one: pass one of them")
+    if with_base and given_venv is not None:
+        raise click.UsageError("--venv installs nothing: drop --with-base, or measure a new venv with --keep")
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise click.BadParameter(f"{keep} exists and is not empty; pick a new folder", param_hint="--keep")
+    if given_venv is not None and not (given_venv / "bin" / "python").exists():
+        raise click.BadParameter(f"{given_venv}: no bin/python; is this a virtual environment?", param_hint="--venv")
+    if model is not None and source is not None:
+        model, source = model.resolve(), source.resolve()
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        level=logging.WARNING - 10 * min(verbose, 2) if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     root = repo_root()
     t_start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="loopline-edge-size-"))
-    venv = args.keep.resolve() if args.keep else tmp / "venv"
+    chosen = given_venv or keep
+    venv = chosen.resolve() if chosen is not None else tmp / "venv"
     python = venv / "bin" / "python"
     report: dict = {
-        "command": shlex.join(
-            [sys.executable, "-m", "evaluation.edge_size", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": shlex.join([sys.executable, "-m", MODULE, *given_args(ctx)]),
         "repo": str(root),
         "venv": str(venv),
-        "kept": args.keep is not None,
+        "kept": keep is not None or given_venv is not None,
         "python": platform.python_version(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "runs": {"edge": args.runs, "train": args.train_runs},
+        "runs": {"edge": runs, "train": train_runs},
         "pip_seconds": {},
         "measurements": [],
     }
-    steps = ["venv", "edge libs", "loopline --no-deps", "measure edge-only", "main venv reference"]
+    steps = ["measure edge-only", "main venv reference"]
+    if given_venv is None:
+        steps[:0] = ["venv", "edge libs", "loopline --no-deps"]
+    measure = {"runs": runs, "model": model, "source": source, "cwd": tmp}
     try:
         with tqdm(total=len(steps), desc="edge_size", unit="step", file=sys.stderr) as bar:
-            bar.set_postfix_str("create venv")
-            # --without-pip: the venv holds only what the edge needs; pip runs from this interpreter.
-            res = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
-            if res.returncode != 0:
-                raise RuntimeError(f"creating the venv failed: {res.stderr[-2000:]}")
-            bar.update()
-            bar.set_postfix_str("pip install " + " ".join(EDGE_LIBS))
-            report["pip_seconds"]["edge_libs"] = pip_install(python, EDGE_LIBS, cwd=tmp)
-            bar.update()
-            bar.set_postfix_str("pip install --no-deps loopline")
-            build = copy_sources(root, tmp / "src")
-            report["pip_seconds"]["loopline_no_deps"] = pip_install(python, ["--no-deps", str(build)], cwd=tmp)
-            bar.update()
+            if given_venv is None:
+                _install_edge_venv(root, venv, python, tmp, report, bar)
             bar.set_postfix_str("measure edge-only")
-            edge_only = measure_venv(
-                venv,
-                python,
-                args,
-                cwd=tmp,
-                label="edge only (numpy, onnxruntime, opencv-headless, click + loopline --no-deps)",
+            label = (
+                f"given venv ({venv})"
+                if given_venv is not None
+                else "edge only (numpy, onnxruntime, opencv-headless, click + loopline --no-deps)"
             )
+            edge_only = measure_venv(venv, python, label=label, **measure)
             report["measurements"].append(edge_only)
             report["cli_needs"] = needed_for_cli(edge_only)
             bar.update()
-            if args.with_base or not edge_only["cli"].get("ok"):
+            if given_venv is None and (with_base or not edge_only["cli"].get("ok")):
                 bar.total += 1
                 bar.set_postfix_str("pip install base deps")
                 deps = base_dependencies(root)
                 report["pip_seconds"]["base_deps"] = pip_install(python, deps, cwd=tmp)
                 report["base_dependencies"] = deps
-                report["measurements"].append(measure_venv(venv, python, args, cwd=tmp, label="edge + base deps"))
+                report["measurements"].append(measure_venv(venv, python, label="edge + base deps", **measure))
                 bar.update()
             bar.set_postfix_str("main venv reference")
-            report["main_venv"] = main_venv_reference(root, tmp, args.train_runs)
+            report["main_venv"] = main_venv_reference(root, tmp, train_runs)
             bar.update()
     finally:
-        if args.keep is None:
-            shutil.rmtree(tmp, ignore_errors=True)
-        else:
-            shutil.rmtree(tmp / "src", ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # a kept or given venv lives outside it
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     ok = all(not any(m["importable"][k] for k in MUST_BE_ABSENT) for m in report["measurements"])
     ok = ok and all(m["edge_import"].get("ok") for m in report["measurements"])
     report["ok"] = ok
-    print(json.dumps(report, indent=2) if args.json else render(report))
-    return 0 if ok else 1
+    click.echo(json.dumps(report, indent=2) if as_json else render(report))
+    ctx.exit(0 if ok else 1)
+
+
+def _install_edge_venv(root: Path, venv: Path, python: Path, tmp: Path, report: dict, bar: tqdm) -> None:
+    """A venv without pip, the edge libraries, then loopline itself with --no-deps."""
+    bar.set_postfix_str("create venv")
+    # --without-pip: the venv holds only what the edge needs; pip runs from this interpreter.
+    res = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
+    if res.returncode != 0:
+        raise RuntimeError(f"creating the venv failed: {res.stderr[-2000:]}")
+    bar.update()
+    bar.set_postfix_str("pip install " + " ".join(EDGE_LIBS))
+    report["pip_seconds"]["edge_libs"] = pip_install(python, EDGE_LIBS, cwd=tmp)
+    bar.update()
+    bar.set_postfix_str("pip install --no-deps loopline")
+    build = copy_sources(root, tmp / "src")
+    report["pip_seconds"]["loopline_no_deps"] = pip_install(python, ["--no-deps", str(build)], cwd=tmp)
+    bar.update()
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    edge_size(prog_name=f"python -m {MODULE}")

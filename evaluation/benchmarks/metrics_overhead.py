@@ -1,6 +1,6 @@
 """Measure what the Prometheus metrics cost the central API per request.
 
-    python -m evaluation.bench_metrics_overhead [--rounds R] [--pings N] [--json]
+    python -m evaluation.benchmarks.metrics_overhead [--rounds R] [--pings N] [--json]
 
 Two apps in one process over ONE RagService (same stores, same loaded model), identical but
 for `create_app(..., metrics=True|False)`: with metrics, every request passes the timing
@@ -24,7 +24,6 @@ temporary LOOPLINE_HOME removed at exit. It measures, it does not tune or judge.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -33,10 +32,16 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
+import click
+
+from evaluation.benchmarks.command import given_args
+
 log = logging.getLogger(__name__)
+
+MODULE = "evaluation.benchmarks.metrics_overhead"
 
 QUESTIONS = (
     "What are the core collaboration hours?",
@@ -146,41 +151,57 @@ def measure(rounds: int, pings: int, workdir: Path) -> dict:
         svc.close()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m evaluation.bench_metrics_overhead", description=__doc__.split("\n\n")[0]
-    )
-    p.add_argument("--rounds", type=int, default=50, help="Rounds; each asks every question once per app.")
-    p.add_argument("--pings", type=int, default=2000, help="GET /healthz pairs in all, spread over the rounds.")
-    p.add_argument("--json", action="store_true", help="Print the result as JSON.")
-    return p
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+@click.command("metrics-overhead", short_help="What the Prometheus metrics cost per request.")
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=50,
+    show_default=True,
+    help="Rounds; each asks every question once per app.",
+)
+@click.option(
+    "--pings",
+    type=click.IntRange(1),
+    default=2000,
+    show_default=True,
+    help="GET /healthz pairs in all, spread over the rounds.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@click.pass_context
+def metrics_overhead(ctx: click.Context, rounds: int, pings: int, as_json: bool) -> None:
+    """Measure what the Prometheus metrics cost the central API per request."""
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     with tempfile.TemporaryDirectory(prefix="loopline-bench-metrics-") as tmp:
-        result = measure(args.rounds, args.pings, Path(tmp))
+        result = measure(rounds, pings, Path(tmp))
     result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    result["command"] = " ".join(["python -m evaluation.bench_metrics_overhead", *(argv or sys.argv[1:])])
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return 0
-    print(f"{'requests':<10} {'n':>5} {'with (ms)':>10} {'without (ms)':>13} {'ratio':>7} {'paired diff (us)':>17}")
+    result["command"] = " ".join([f"python -m {MODULE}", *given_args(ctx)])
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
+    click.echo(render(result))
+
+
+def render(result: dict) -> str:
+    """The result as a table of medians and two summary lines."""
+    lines = [f"{'requests':<10} {'n':>5} {'with (ms)':>10} {'without (ms)':>13} {'ratio':>7} {'paired diff (us)':>17}"]
     for name in ("query", "healthz"):
         s = result[name]
-        print(
+        lines.append(
             f"{name:<10} {s['n']:>5} {s['median_ms_with_metrics']:>10.3f} {s['median_ms_without_metrics']:>13.3f} "
             f"{s['ratio']:>7.3f} {s['median_paired_diff_us']:>17.1f}"
         )
     rec = result["recording"]
-    print(f"recording per query: {rec['us_per_query']:.2f} us = {rec['share_of_median_query']:.4%} of the median query")
+    lines.append(
+        f"recording per query: {rec['us_per_query']:.2f} us = {rec['share_of_median_query']:.4%} of the median query"
+    )
     sc = result["scrape"]
-    print(f"GET /metrics: median {sc['median_ms']:.3f} ms for a {sc['page_bytes']:,}-byte page ({sc['n']} scrapes)")
-    return 0
+    lines.append(
+        f"GET /metrics: median {sc['median_ms']:.3f} ms for a {sc['page_bytes']:,}-byte page ({sc['n']} scrapes)"
+    )
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    metrics_overhead(prog_name=f"python -m {MODULE}")

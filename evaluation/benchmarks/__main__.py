@@ -1,0 +1,24 @@
+"""`python -m evaluation.benchmarks`: one group over the four benchmarks (each also runs alone)."""
+
+from __future__ import annotations
+
+import click
+
+from evaluation.benchmarks.edge_size import edge_size
+from evaluation.benchmarks.metrics_overhead import metrics_overhead
+from evaluation.benchmarks.rag.cli import bench_rag
+from evaluation.benchmarks.vision.cli import bench_vision
+
+
+@click.group()
+def benchmarks() -> None:
+    """loopline's benchmarks, run from a checkout (also: python -m evaluation.benchmarks.NAME)."""
+
+
+benchmarks.add_command(bench_rag, "rag")
+benchmarks.add_command(bench_vision, "vision")
+benchmarks.add_command(edge_size, "edge-size")
+benchmarks.add_command(metrics_overhead, "metrics-overhead")
+
+if __name__ == "__main__":
+    benchmarks(prog_name="python -m evaluation.benchmarks")
