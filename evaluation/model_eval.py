@@ -1,8 +1,10 @@
 """Evaluate any detector reference for `loopline eval vision`: figures, confusion matrix, history.
 
 A model is a registered version or alias (its PyTorch weights, or one of its ONNX variants
-by precision), or a `.pt`/`.onnx` file. The mAP figures come from
-`evaluation.vision.evaluate_detector`, the code path of training and the promotion gate.
+by precision), or a `.pt`/`.onnx` file (`vision.validation.resolve_model`). The mAP figures
+come from `vision.validation.evaluate_detector`, the code path of training and the promotion
+gate.
+
 The confusion matrix is a second ultralytics validation pass at the deployment confidence
 (0.25, the edge detector's default): at the 0.001 confidence that mAP needs, it would count
 every faint box as a false positive. It does not train, export or promote anything.
@@ -12,71 +14,17 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evaluation.vision import evaluate_detector
 from shared.config import Settings
+from vision.validation import ResolvedModel, evaluate_detector, onnx_imgsz, resolve_model
 
 if TYPE_CHECKING:
     from vision.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 DEPLOY_CONF = 0.25
-PRECISIONS = ("pt", "fp32", "int8", "fp16")
-
-
-@dataclass(frozen=True)
-class ResolvedModel:
-    path: Path
-    imgsz: int | None
-    version: str | None  # the registry version, when MODEL was one
-    label: str  # what to call it in reports ("v3 (int8)", "best.pt")
-
-
-def registry_exists(settings: Settings) -> bool:
-    """True when there is a registry to read (a tracking server, or the SQLite file under home)."""
-    return bool(settings.mlflow_tracking_uri) or (settings.home / "mlflow.db").exists()
-
-
-def open_registry(settings: Settings) -> ModelRegistry:
-    from vision.registry import ModelRegistry
-
-    return ModelRegistry.from_settings(settings)
-
-
-def resolve_model(
-    settings: Settings, ref: str, *, precision: str = "pt", registry: ModelRegistry | None = None
-) -> ResolvedModel:
-    """A model file, or a registered version/alias's weights (downloaded when not under home)."""
-    from vision.training import model_dir
-
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision '{precision}': expected one of {', '.join(PRECISIONS)}")
-    path = Path(ref)
-    if path.exists():
-        return ResolvedModel(path=path, imgsz=None, version=None, label=path.name)
-    if not registry_exists(settings) and registry is None:
-        raise LookupError(f"{ref}: neither a model file nor a registered version (no registry under {settings.home})")
-    registry = registry or open_registry(settings)
-    mv = registry.get(ref)  # LookupError names the registry
-    folder = model_dir(settings, mv.version)
-    artifact = "weights/best.pt" if precision == "pt" else f"onnx/model.{precision}.onnx"
-    local = folder / Path(artifact).name
-    if not local.exists():
-        try:
-            local = registry.download(mv.version, artifact, folder)
-        except Exception as exc:
-            hint = (
-                f"; export it first: loopline vision export {mv.version} --{precision}"
-                if precision in ("int8", "fp16")
-                else ""
-            )
-            raise LookupError(f"version {mv.version} has no {artifact}{hint}") from exc
-    imgsz = int(mv.tags.get("imgsz", 0)) or None
-    label = f"v{mv.version}" + ("" if precision == "pt" else f" ({precision})")
-    return ResolvedModel(path=local, imgsz=imgsz, version=mv.version, label=label)
 
 
 def confusion_matrix(
@@ -84,8 +32,6 @@ def confusion_matrix(
 ) -> dict[str, Any]:
     """Counts indexed [predicted][true] over the classes plus a trailing `background`."""
     from ultralytics import YOLO
-
-    from evaluation.vision import onnx_imgsz
 
     if imgsz is None and Path(model).suffix == ".onnx":
         imgsz = onnx_imgsz(Path(model))

@@ -38,15 +38,35 @@ class PluginGroup(click.Group):
             return _missing_extra(name, exc)
 
 
+# The extra (pyproject.toml's optional-dependencies) that installs what each command or API
+# plugin needs, by its entry-point name. `monitor`/`monitoring` have no extra of their own:
+# numpy and httpx come with `rag` (`monitor report` also draws with matplotlib, from `eval`).
+EXTRAS = {
+    "rag": "rag",
+    "vision": "vision",
+    "edge": "edge",
+    "eval": "eval",
+    "monitor": "rag",
+    "monitoring": "rag",
+}
+
+
+def extra_for(name: str) -> str:
+    """The extra to install for the command or API plugin `name` (`all` for one we do not know)."""
+    return EXTRAS.get(name, "all")
+
+
 def _missing_extra(name: str, exc: ImportError) -> click.Command:
+    extra = extra_for(name)
+
     @click.command(
-        name, help=f"(unavailable: install the '{name}' extra)", context_settings={"ignore_unknown_options": True}
+        name, help=f"(unavailable: install the '{extra}' extra)", context_settings={"ignore_unknown_options": True}
     )
     @click.argument("args", nargs=-1, type=click.UNPROCESSED)
     def unavailable(args: tuple[str, ...]) -> None:
         raise click.ClickException(
-            f"'loopline {name}' needs the '{name}' extra, which is not installed here "
-            f"({exc.name or exc}). Install it with: pip install 'loopline[{name}]'"
+            f"'loopline {name}' needs the '{extra}' extra, which is not installed here "
+            f"({exc.name or exc}). Install it with: pip install 'loopline[{extra}]'"
         )
 
     return unavailable

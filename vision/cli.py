@@ -172,8 +172,7 @@ def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json:
 @click.option("--json", "as_json", is_flag=True)
 def eval_cmd(model: str, data: Path, split: str, as_json: bool) -> None:
     """mAP50, mAP50-95 and per-class figures of MODEL (a version, or a .pt/.onnx file)."""
-    from evaluation.model_eval import resolve_model
-    from evaluation.vision import evaluate_detector
+    from vision.validation import evaluate_detector, resolve_model
     from vision.yolo_env import prepare_ultralytics
 
     settings = Settings()

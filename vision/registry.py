@@ -128,11 +128,6 @@ class ModelRegistry:
         for k, v in tags.items():
             self.client.set_model_version_tag(self.name, version, k, str(v))
 
-    def log_metrics(self, version: str, metrics: dict[str, float]) -> None:
-        rid = self.get(version).run_id
-        for k, v in metrics.items():
-            self.client.log_metric(rid, k, float(v))
-
     # --- reading ---------------------------------------------------------------------
     def get(self, ref: str) -> ModelVersion:
         """A version by number, or by alias (`production`, `candidate`, `production-line-2`)."""

@@ -12,11 +12,11 @@ import hashlib
 import logging
 from pathlib import Path
 
-from evaluation.vision import evaluate_detector
 from shared.config import Settings
 from vision.export import convert_fp16, export_onnx, quantize_int8
 from vision.registry import ModelRegistry
 from vision.training import model_dir
+from vision.validation import evaluate_detector
 from vision.yolo_env import prepare_ultralytics
 
 log = logging.getLogger(__name__)

@@ -67,8 +67,8 @@ def train_detector(
         torch.set_num_threads(settings.train_threads)
     from ultralytics import YOLO
 
-    from evaluation.vision import evaluate_detector
     from vision.datasets.versions import snapshot, verify
+    from vision.validation import evaluate_detector
 
     t0 = time.perf_counter()
     run_id = store.start_run(f"train:{Path(data).resolve()}", kind="train")

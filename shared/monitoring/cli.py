@@ -106,6 +106,14 @@ def report(out: Path) -> None:
     """Write OUT (HTML, self-contained): drift, freshness, runs and model plots."""
     from shared.monitoring.report import write_report
 
+    try:
+        import matplotlib  # noqa: F401 - the plots; imported lazily by the report
+    except ImportError as exc:
+        raise click.ClickException(
+            "`loopline monitor report` draws its plots with matplotlib, which is not installed here: "
+            "pip install 'loopline[eval]'"
+        ) from exc
+
     settings = _settings()
     store = _open_store(settings)
     try:

@@ -21,6 +21,8 @@ Windows, all on time buckets (an hour by default):
 "no_data" while the current window has fewer than `min_current` values (PSI of a handful of
 values is mostly noise), else "ok" / "warn" / "alert" by the thresholds. `history()` gives
 PSI over time, one point per bucket, each against the reference active then.
+`reference_progress()` tells, for each feature an open request still waits for, how many of
+the `min_reference` values have come.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from shared.metadata.store import MetadataStore
-from shared.monitoring.drift_store import Bucket, DriftStore, Observation, Reference
+from shared.monitoring.drift_store import Bucket, DriftStore, Observation, Reference, ReferenceRequest
 from shared.monitoring.histograms import Histogram, merge_all, quantile_edges
 from shared.monitoring.psi import (
     DEFAULT_ALERT,
@@ -69,6 +71,16 @@ class DriftStatus(BaseModel):
     window_end: datetime | None
     reference_label: str | None = None
     kind: Literal["numeric", "categorical"] | None = None
+
+
+class ReferenceProgress(BaseModel):
+    """A feature an open reference request still waits for: the values it has and needs."""
+
+    stream: str
+    feature: str
+    label: str
+    so_far: int
+    needed: int
 
 
 class DriftMonitor:
@@ -138,15 +150,6 @@ class DriftMonitor:
         h = Histogram(tuple(edges), tuple(counts))
         if h.n > 0:
             ob = Observation(stream, feature, "histogram", counts=h.counts, edges=h.edges)
-            self.drift_store.add(self.bucket_of(self.now()), [ob], sample_cap=self.sample_cap)
-
-    def record_categories(self, stream: str, feature: str, counts: Mapping[str, float]) -> None:
-        """Counts per category (mergeable, like histograms)."""
-        clean = {str(k): float(v) for k, v in counts.items() if v}
-        if any(v < 0 for v in clean.values()):
-            raise ValueError("category counts must be non-negative")
-        if clean:
-            ob = Observation(stream, feature, "categories", counts=clean)
             self.drift_store.add(self.bucket_of(self.now()), [ob], sample_cap=self.sample_cap)
 
     def record_cumulative(
@@ -285,14 +288,7 @@ class DriftMonitor:
         now = self.now()
         for req in self.drift_store.open_requests():
             hi = self.bucket_of(now)
-            by_feature: dict[str, list[Bucket]] = defaultdict(list)
-            for b in self.drift_store.buckets(stream=req.stream, since=req.since, until=hi):
-                by_feature[b.feature].append(b)
-            done = {
-                r.feature
-                for r in self.drift_store.references(req.stream)
-                if r.label == req.label and r.since >= req.since
-            }
+            by_feature, done = self._request_state(req, hi)
             for feature, buckets in sorted(by_feature.items()):
                 if feature in done:
                     continue
@@ -316,6 +312,35 @@ class DriftMonitor:
                     self.request_ttl_s / 3600,
                 )
         return frozen
+
+    def reference_progress(self) -> list[ReferenceProgress]:
+        """Each feature that open reference requests still wait for (`status()` settles them first)."""
+        hi = self.bucket_of(self.now())
+        out = []
+        for req in self.drift_store.open_requests():
+            by_feature, done = self._request_state(req, hi)
+            out.extend(
+                ReferenceProgress(
+                    stream=req.stream,
+                    feature=feature,
+                    label=req.label,
+                    so_far=round(_value_count(buckets)),
+                    needed=self.min_reference,
+                )
+                for feature, buckets in sorted(by_feature.items())
+                if feature not in done
+            )
+        return out
+
+    def _request_state(self, req: ReferenceRequest, hi: datetime) -> tuple[dict[str, list[Bucket]], set[str]]:
+        """The buckets per feature a request freezes from (up to `hi`), and the features already frozen for it."""
+        by_feature: dict[str, list[Bucket]] = defaultdict(list)
+        for b in self.drift_store.buckets(stream=req.stream, since=req.since, until=hi):
+            by_feature[b.feature].append(b)
+        done = {
+            r.feature for r in self.drift_store.references(req.stream) if r.label == req.label and r.since >= req.since
+        }
+        return by_feature, done
 
     def _freeze(
         self,
@@ -487,6 +512,12 @@ def _observation(stream: str, feature: str, values: Sequence[float | str]) -> Ob
     if any(math.isnan(v) for v in nums):
         nums = [v for v in nums if not math.isnan(v)]
     return Observation(stream, feature, "values", values=tuple(nums)) if nums else None
+
+
+def _value_count(buckets: list[Bucket]) -> float:
+    """How many values a reference built from `buckets` rests on (as `_build` counts them)."""
+    n_cats = sum(b.n for b in buckets if b.kind == "categories")
+    return max(n_cats, sum(b.n for b in buckets if b.kind in ("values", "histogram")))
 
 
 def _samples(buckets: list[Bucket]) -> tuple[np.ndarray, np.ndarray | None]:

@@ -1,7 +1,9 @@
 """The monitoring report (`loopline monitor report OUT.html`): one page to look at, not read.
 
 Plots, each with the threshold it is judged against drawn in:
-- drift: PSI per feature over time, one small panel per feature, warn/alert bands shaded;
+- drift: PSI per feature over time, one small panel per feature, warn/alert bands shaded; a
+  feature with no PSI yet gets a line saying what it waits for (a reference, enough values)
+  instead of an empty panel;
 - freshness: age of each source's last successful refresh as a bar, its SLO as a mark;
 - pipeline runs: durations over time by kind, failures and stuck runs marked, and runs per
   day stacked by outcome;
@@ -25,6 +27,7 @@ from shared.config import Settings
 from shared.metadata.store import MetadataStore
 from shared.monitoring.alert_store import AlertStore
 from shared.monitoring.clock import Clock, as_utc, resolve_now
+from shared.monitoring.drift import DriftMonitor, ReferenceProgress
 from shared.monitoring.freshness import SourceFreshness, freshness
 from shared.monitoring.monitoring_config import (
     DriftThresholds,
@@ -253,15 +256,54 @@ def registry_versions(settings: Settings) -> list[dict]:
 
 
 def drift_data(store: MetadataStore, thresholds: DriftThresholds, clock: Clock) -> tuple[list[dict], History]:
-    """Current drift statuses and PSI history per (stream, feature); empty without drift monitoring."""
-    try:
-        from shared.monitoring.drift import DriftMonitor
-    except ImportError:
-        return [], {}
+    """Current drift statuses and PSI history per (stream, feature).
+
+    A feature without PSI history gets a `waiting` entry: what it waits for, in words.
+    """
     monitor = DriftMonitor(store, clock=clock, warn=thresholds.warn, alert=thresholds.alert)
     statuses = list(monitor.status())
     history = {(s.stream, s.feature): list(monitor.history(s.stream, s.feature)) for s in statuses}
-    return [drift_status_dict(s) for s in statuses], history
+    progress = {(p.stream, p.feature): p for p in monitor.reference_progress()}
+    rows = []
+    for s in statuses:
+        row = drift_status_dict(s)
+        if not history[(s.stream, s.feature)]:
+            row["waiting"] = waiting_for(row, progress.get((s.stream, s.feature)), monitor)
+        rows.append(row)
+    return rows, history
+
+
+def waiting_for(status: dict, progress: ReferenceProgress | None, monitor: DriftMonitor) -> str:
+    """What a feature without PSI waits for: 'reference frozen after 500 values; 243 so far'."""
+    current = status.get("current_n") or 0
+    if status.get("status") == "no_reference":
+        if progress is not None:
+            return f"reference frozen after {progress.needed} values; {progress.so_far} so far"
+        return (
+            f"no reference yet and none requested (a model promotion or the service's start requests one); "
+            f"{current} values in the current window"
+        )
+    if status.get("status") == "no_data":
+        return f"PSI once the current window has {monitor.min_current} values; {current} so far"
+    return f"no PSI history yet (status {status.get('status')})"
+
+
+def _waiting_lines(statuses: Sequence[dict], charted: set[tuple[str, str]]) -> list[str]:
+    """One line per stream and reason: 'rag: …' when all its features wait alike, else naming them."""
+    features: dict[str, list[str]] = defaultdict(list)
+    reasons: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for s in statuses:
+        stream, feature = s["stream"], s["feature"]
+        features[stream].append(feature)
+        if (stream, feature) not in charted:
+            reason = s.get("waiting") or f"no PSI history yet (status {s.get('status')})"
+            reasons[stream][reason].append(feature)
+    lines = []
+    for stream in sorted(reasons):
+        for reason, waiting in reasons[stream].items():
+            who = stream if len(waiting) == len(features[stream]) else f"{stream} ({', '.join(sorted(waiting))})"
+            lines.append(f"{who}: {reason}")
+    return lines
 
 
 # --- the page ------------------------------------------------------------------------------
@@ -315,12 +357,16 @@ def build_report(
         page.paragraph("No monitored streams yet.")
     by_stream: dict[str, dict[str, list[tuple[datetime, float]]]] = defaultdict(dict)
     for (stream, feature), pts in history.items():
-        by_stream[stream][feature] = [(as_utc(t), float(v)) for t, v in pts]
+        if pts:  # an empty panel would only show a 1970 time axis; what it waits for is said below
+            by_stream[stream][feature] = [(as_utc(t), float(v)) for t, v in pts]
     for stream in sorted(by_stream):
         page.figure(
             drift_figure(stream, by_stream[stream], config.drift),
             caption=f"PSI per feature of {stream} against the warn and alert thresholds.",
         )
+    charted = {(stream, feature) for stream, pts in by_stream.items() for feature in pts}
+    for line in _waiting_lines(statuses, charted):
+        page.paragraph(line)
     if statuses:
         page.table(statuses, ["stream", "feature", "status", "psi", "reference_n", "current_n"])
 

@@ -31,6 +31,7 @@ from shared.monitoring.actions import ActionDeps, build_actions
 from shared.monitoring.alert_store import Alert, AlertStore
 from shared.monitoring.alerts import AlertManager
 from shared.monitoring.clock import Clock, resolve_now
+from shared.monitoring.drift import DriftMonitor
 from shared.monitoring.freshness import freshness
 from shared.monitoring.monitoring_config import (
     DriftThresholds,
@@ -53,11 +54,7 @@ class CheckReport(BaseModel):
 
 
 def drift_statuses(store: MetadataStore, thresholds: DriftThresholds, clock: Clock = time.time) -> list:
-    """The drift owner's `DriftMonitor(store).status()`; [] while drift monitoring is absent."""
-    try:
-        from shared.monitoring.drift import DriftMonitor
-    except ImportError:
-        return []
+    """`DriftMonitor(store).status()` judged by the configured thresholds: every monitored feature."""
     return list(DriftMonitor(store, clock=clock, warn=thresholds.warn, alert=thresholds.alert).status())
 
 

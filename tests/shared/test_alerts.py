@@ -7,6 +7,8 @@ refuses the first tries; only the backoff sleep is injected so the test does not
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -25,11 +27,12 @@ from shared.monitoring.actions import ActionConfig, ActionDeps, build_actions
 from shared.monitoring.alert_store import AlertStore
 from shared.monitoring.alerts import AlertManager
 from shared.monitoring.drift import DriftMonitor
-from shared.monitoring.monitoring_config import MonitoringConfig, load_monitoring_config
-from shared.monitoring.rules import Monitor
+from shared.monitoring.monitoring_config import DriftThresholds, MonitoringConfig, load_monitoring_config
+from shared.monitoring.rules import Monitor, drift_statuses
 from shared.monitoring.webhooks import WebhookSink
 
 T0 = datetime(2025, 3, 1, 8, 0, tzinfo=UTC).timestamp()
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -234,6 +237,51 @@ def test_a_brightness_shift_on_one_camera_line_raises_one_drift_alert_and_a_retr
     assert [r.stream for r in AlertStore(store).open_retraining_requests()] == ["vision:line-1"]
     monitor.close()
     store.close()
+
+
+def test_the_drift_rule_runs_the_real_drift_monitor_with_the_configured_thresholds(tmp_path: Path) -> None:
+    rng = np.random.default_rng(11)
+    store = MetadataStore(f"sqlite:///{tmp_path / 'm.db'}")
+    clock = MovingClock()
+    drift = DriftMonitor(store, clock=clock)
+    drift.record("vision:line-1", "brightness", rng.normal(0.5, 0.1, 800).tolist())
+    drift.freeze_reference("vision:line-1", label="model v3")
+    clock.t += 2 * 3600
+    drift.record("vision:line-1", "brightness", rng.normal(0.54, 0.1, 400).tolist())  # a moderate shift
+
+    statuses = drift_statuses(store, DriftThresholds(), clock)
+    assert [(s.stream, s.feature, s.status) for s in statuses] == [("vision:line-1", "brightness", "warn")]
+    psi = statuses[0].psi
+    assert 0.1 <= psi < 0.25
+
+    with Monitor(store, MonitoringConfig(), clock=clock) as default:
+        assert [a for a in default.check().raised if a.kind == "drift"] == []  # warn band: no alert
+    strict = MonitoringConfig(drift=DriftThresholds(warn=psi / 4, alert=psi / 2))
+    with Monitor(store, strict, clock=clock) as monitor:
+        drifted = [a for a in monitor.check().raised if a.kind == "drift"]
+    assert [a.key for a in drifted] == ["vision:line-1/brightness"]
+    assert drifted[0].details["psi"] == psi and drifted[0].details["alert"] == psi / 2
+    store.close()
+
+
+def test_a_broken_drift_module_fails_the_monitoring_check_loudly() -> None:
+    """Without its drift module the check must not run quietly without drift (it once returned [])."""
+    probe = (
+        "import importlib.abc, sys\n"
+        "class Gone(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'shared.monitoring.drift':\n"
+        "            raise ModuleNotFoundError('drift module broken', name=name)\n"
+        "sys.meta_path.insert(0, Gone())\n"
+        "from shared.monitoring.monitoring_config import DriftThresholds\n"
+        "from shared.monitoring.rules import drift_statuses\n"
+        "print('drift statuses:', drift_statuses(None, DriftThresholds()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode != 0, proc.stdout
+    assert "ModuleNotFoundError: drift module broken" in proc.stderr, proc.stderr[-2000:]
 
 
 @dataclass

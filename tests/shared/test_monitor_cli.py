@@ -10,18 +10,20 @@ import base64
 import json
 import re
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from shared.cli import main
+from shared.cli import _missing_extra, extra_for, main
 from shared.metadata.store import MetadataStore
 from shared.monitoring.drift import DriftMonitor
 from tests.helpers.run_records import record_run
 
 HOUR = 3600
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -104,6 +106,35 @@ def test_report_is_one_self_contained_page_with_the_plots(home: Path, tmp_path: 
         assert text in page
 
 
+def test_report_on_a_fresh_home_says_what_drift_waits_for_instead_of_empty_charts(tmp_path: Path) -> None:
+    """The rag stream right after `loopline serve` first started: 243 answers of the 500 its reference needs."""
+    home = tmp_path / "fresh"
+    home.mkdir()
+    store = MetadataStore(f"sqlite:///{(home / 'metadata.db').resolve()}")
+    drift = DriftMonitor(store)
+    drift.request_reference("rag", label="all-MiniLM-L6-v2 + extractive")
+    rng = np.random.default_rng(5)
+    drift.record_many(
+        "rag",
+        {
+            "query_length": rng.integers(10, 120, 243).tolist(),
+            "top1_score": rng.uniform(0.2, 0.9, 243).tolist(),
+            "abstained": rng.integers(0, 2, 243).astype(float).tolist(),
+            "citations": rng.integers(0, 4, 243).tolist(),
+        },
+    )
+    store.close()
+
+    out = tmp_path / "monitoring.html"
+    result = loopline(home, "monitor", "report", str(out))
+    assert result.exit_code == 0, result.output
+    page = out.read_text()
+    assert "rag: reference frozen after 500 values; 243 so far" in page
+    assert "PSI per feature of rag" not in page
+    assert re.findall(r'src="data:image/png;base64,', page) == []  # no runs, no models, no drift history yet
+    assert page.count("no_reference") == 4  # the table still lists each feature
+
+
 def test_a_broken_monitoring_file_is_reported_with_its_name(home: Path) -> None:
     (home / "monitoring.yaml").write_text("runs:\n  stuck_after: 3\n")
     result = loopline(home, "monitor", "check")
@@ -119,3 +150,25 @@ def test_psi_is_a_monitor_command(tmp_path: Path) -> None:
     result = loopline(tmp_path, "monitor", "psi", "--reference", str(ref), "--current", str(cur), "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.output)["status"] == "alert"
+
+
+def test_install_hints_name_extras_that_exist() -> None:
+    """`monitor` (and the `monitoring` API) has no extra of its own: numpy and httpx come with `rag`."""
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    extras = set(project["optional-dependencies"])
+    plugins = {name for group in project["entry-points"].values() for name in group}
+    assert {"monitor", "monitoring"} <= plugins
+    assert {name: extra_for(name) for name in plugins if extra_for(name) not in extras} == {}
+
+    cmd = _missing_extra("monitor", ImportError("No module named 'httpx'", name="httpx"))
+    result = CliRunner().invoke(cmd, ["status"])
+    assert result.exit_code != 0
+    assert "pip install 'loopline[rag]'" in result.output and "httpx" in result.output
+
+    named = {
+        (path.relative_to(REPO).as_posix(), extra)
+        for package in ("shared", "rag", "vision", "edge", "evaluation")
+        for path in (REPO / package).rglob("*.py")
+        for extra in re.findall(r"loopline\[([\w,]+)\]", path.read_text(encoding="utf-8"))
+    }
+    assert {(path, extra) for path, extra in named if not set(extra.split(",")) <= extras} == set()
