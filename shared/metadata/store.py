@@ -3,6 +3,10 @@
 SQLAlchemy is the port here: the embedded default is a SQLite file under LOOPLINE_HOME,
 and `LOOPLINE_DATABASE_URL=postgresql+psycopg://…` moves the same tables to a server.
 It stores what is *about* documents and runs; the chunks themselves live in the vector store.
+Only the ingestion core's tables have methods here; other packages keep their own tables
+and small stores on this store's engine (rag/feedback.py, vision/datasets/version_store.py,
+shared/monitoring/*_store.py). Opening a store migrates its database to the newest schema
+(migrate.py), once per engine.
 """
 
 from __future__ import annotations
@@ -14,19 +18,10 @@ from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, delete, event, func, select
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.metadata.tables import (
-    Base,
-    DatasetVersionRow,
-    DeadLetter,
-    DocumentGroup,
-    DocumentRow,
-    Feedback,
-    IngestRun,
-    utcnow,
-)
+from shared.metadata.migrate import upgrade_to_head
+from shared.metadata.tables import DeadLetter, DocumentGroup, DocumentRow, IngestRun, utcnow
 
 RUN_COUNTERS = ("added", "updated", "unchanged", "deleted", "failed", "chunks")
 
@@ -60,42 +55,6 @@ class DocumentInfo:
         )
 
 
-@dataclass(frozen=True)
-class DatasetVersionInfo:
-    """A detached, read-only view of a dataset version row."""
-
-    id: int
-    name: str
-    version: str
-    data_yaml: str
-    source_yaml: str
-    run_id: int | None
-    counts: dict
-    classes: tuple[str, ...]
-    manifest: dict
-    created_at: datetime
-
-    @property
-    def ref(self) -> str:
-        """`name@version`: how a model names the data it was trained on."""
-        return f"{self.name}@{self.version}"
-
-    @classmethod
-    def of(cls, row: DatasetVersionRow) -> DatasetVersionInfo:
-        return cls(
-            id=row.id,
-            name=row.name,
-            version=row.version,
-            data_yaml=row.data_yaml,
-            source_yaml=row.source_yaml,
-            run_id=row.run_id,
-            counts=dict(row.counts or {}),
-            classes=tuple(row.classes or ()),
-            manifest=dict(row.manifest or {}),
-            created_at=row.created_at,
-        )
-
-
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         db_file = make_url(url).database
@@ -115,12 +74,12 @@ def make_engine(url: str) -> Engine:
 
 
 class MetadataStore:
-    """Documents, runs, dead letters and feedback behind one small API."""
+    """Documents, runs and dead letters behind one small API; its engine serves other packages' stores."""
 
     def __init__(self, url: str, *, schema_engine: Engine | None = None) -> None:
         self.url = url
         self.engine = schema_engine or make_engine(url)
-        Base.metadata.create_all(self.engine)
+        upgrade_to_head(self.engine)  # every package's tables, at the newest revision
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -261,90 +220,11 @@ class MetadataStore:
                 q = q.where(DeadLetter.run_id == run_id)
             return list(s.scalars(q))
 
-    # --- feedback --------------------------------------------------------------------
-    def add_feedback(
-        self, *, user: str, question: str, answer: str, rating: int, comment: str = "", extra: dict | None = None
-    ) -> int:
-        with self.session() as s, s.begin():
-            fb = Feedback(
-                user=user, question=question, answer=answer, rating=rating, comment=comment, extra=extra or {}
-            )
-            s.add(fb)
-            s.flush()
-            return fb.id
-
-    def feedback(self, limit: int = 100) -> list[Feedback]:
-        with self.session() as s:
-            return list(s.scalars(select(Feedback).order_by(Feedback.id.desc()).limit(limit)))
-
     def purge_all(self) -> None:
-        """Delete every row (tests and `--reset`)."""
+        """Delete every document, run and dead letter (tests).
+
+        Other packages' tables are theirs to empty (`FeedbackStore.purge`, `DatasetVersionStore.purge`).
+        """
         with self.session() as s, s.begin():
-            for table in (DeadLetter, Feedback, DocumentGroup, DocumentRow, IngestRun, DatasetVersionRow):
+            for table in (DeadLetter, DocumentGroup, DocumentRow, IngestRun):
                 s.execute(delete(table))
-
-    # --- dataset versions ------------------------------------------------------------
-    def add_dataset_version(
-        self,
-        *,
-        name: str,
-        version: str,
-        data_yaml: str,
-        source_yaml: str = "",
-        run_id: int | None = None,
-        counts: dict | None = None,
-        classes: Sequence[str] = (),
-        manifest: dict | None = None,
-    ) -> DatasetVersionInfo:
-        """Store a version; an existing (name, version) is returned as it is, never duplicated."""
-        existing = self._find_dataset_version(name, version)
-        if existing is not None:
-            return existing
-        try:
-            with self.session() as s, s.begin():
-                row = DatasetVersionRow(
-                    name=name,
-                    version=version,
-                    data_yaml=data_yaml,
-                    source_yaml=source_yaml,
-                    run_id=run_id,
-                    counts=counts or {},
-                    classes=list(classes),
-                    manifest=manifest or {},
-                    created_at=utcnow(),
-                )
-                s.add(row)
-                s.flush()
-                return DatasetVersionInfo.of(row)
-        except IntegrityError:  # a concurrent snapshot of the same data won the insert
-            found = self._find_dataset_version(name, version)
-            if found is None:
-                raise
-            return found
-
-    def get_dataset_version(self, name_or_id: str | int) -> DatasetVersionInfo | None:
-        """By id (an int or digits), by `name@version`, or the latest version of `name`."""
-        with self.session() as s:
-            if isinstance(name_or_id, int) or str(name_or_id).isdigit():
-                row = s.get(DatasetVersionRow, int(name_or_id))
-                return DatasetVersionInfo.of(row) if row else None
-        name, sep, version = str(name_or_id).rpartition("@")
-        if sep:
-            return self._find_dataset_version(name, version)
-        latest = self.list_dataset_versions(version)
-        return latest[0] if latest else None
-
-    def list_dataset_versions(self, name: str | None = None) -> list[DatasetVersionInfo]:
-        """Versions, newest first; only those of `name` when given."""
-        with self.session() as s:
-            q = select(DatasetVersionRow).order_by(DatasetVersionRow.id.desc())
-            if name is not None:
-                q = q.where(DatasetVersionRow.name == name)
-            return [DatasetVersionInfo.of(r) for r in s.scalars(q)]
-
-    def _find_dataset_version(self, name: str, version: str) -> DatasetVersionInfo | None:
-        with self.session() as s:
-            row = s.scalar(
-                select(DatasetVersionRow).where(DatasetVersionRow.name == name, DatasetVersionRow.version == version)
-            )
-            return DatasetVersionInfo.of(row) if row else None

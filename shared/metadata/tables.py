@@ -1,10 +1,17 @@
-"""Table definitions of the metadata store; portable across SQLite and PostgreSQL."""
+"""The ingestion core's tables and the declarative `Base` every package puts its tables on.
+
+Documents (with their reading groups), ingest runs and dead letters: what the ingestion core
+needs. The verticals and the monitoring core define their own tables on the same `Base`
+(rag/feedback.py, vision/datasets/version_store.py, shared/monitoring/*_store.py), so one
+database and one migration chain (shared/metadata/migrations/) hold them all. Portable
+across SQLite and PostgreSQL. A change to any table needs a migration: see migrate.py.
+"""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -77,42 +84,4 @@ class DeadLetter(Base):
     source: Mapped[str] = mapped_column(String(512))
     path: Mapped[str] = mapped_column(String(1024))
     reason: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class Feedback(Base):
-    """A user's rating of an answer."""
-
-    __tablename__ = "feedback"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    user: Mapped[str] = mapped_column(String(128))
-    question: Mapped[str] = mapped_column(Text)
-    answer: Mapped[str] = mapped_column(Text, default="")
-    rating: Mapped[int] = mapped_column(Integer)
-    comment: Mapped[str] = mapped_column(Text, default="")
-    extra: Mapped[dict] = mapped_column(JSON, default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-
-
-class DatasetVersionRow(Base):
-    """One immutable version of a training dataset: a content hash over its valid files.
-
-    (name, version) is unique, so snapshotting unchanged data again finds this row instead
-    of adding one. `run_id` is a plain integer, not a foreign key, so purging runs never
-    orphans or blocks a version a model still names.
-    """
-
-    __tablename__ = "dataset_versions"
-    __table_args__ = (UniqueConstraint("name", "version", name="uq_dataset_versions_name_version"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    name: Mapped[str] = mapped_column(String(256), index=True)
-    version: Mapped[str] = mapped_column(String(64), index=True)
-    data_yaml: Mapped[str] = mapped_column(String(1024))  # the derived, trainable data.yaml
-    source_yaml: Mapped[str] = mapped_column(String(1024), default="")  # the data.yaml snapshotted
-    run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
-    counts: Mapped[dict] = mapped_column(JSON, default=dict)  # {split: {images, boxes, excluded}}
-    classes: Mapped[list] = mapped_column(JSON, default=list)
-    manifest: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,9 +1,10 @@
 """Where alerts and retraining requests are kept: two tables next to the run records.
 
 The tables live on the metadata store's `Base` (so SQLite and PostgreSQL both work) and are
-created when an `AlertStore` is built. An open alert is unique per (kind, key): the
-`open_key` column holds "kind/key" while the alert is open and NULL once resolved, under a
-unique constraint, so two processes raising the same alert at once still open only one.
+created by its migrations (shared/metadata/migrate.py) when the `MetadataStore` opens. An
+open alert is unique per (kind, key): the `open_key` column holds "kind/key" while the
+alert is open and NULL once resolved, under a unique constraint, so two processes raising
+the same alert at once still open only one.
 Retraining requests are the hand-off from a drift alert to the retraining loop, which
 takes them with `consume`. Delivery, de-duplication policy and actions live in `alerts.py`.
 """
@@ -127,7 +128,6 @@ class AlertStore:
 
     def __init__(self, store: MetadataStore) -> None:
         self.store = store
-        Base.metadata.create_all(store.engine, tables=[AlertRow.__table__, RetrainingRequestRow.__table__])
 
     # --- alerts ----------------------------------------------------------------------
     def open_or_touch(

@@ -1,7 +1,7 @@
 """Where drift monitoring keeps its data: time buckets, frozen references, device cursors.
 
-Four tables in the metadata database (SQLite or PostgreSQL), created when a `DriftStore`
-is built on a `MetadataStore`:
+Four tables in the metadata database (SQLite or PostgreSQL), created by its migrations
+(shared/metadata/migrate.py) when the `MetadataStore` opens:
 - `drift_buckets`: per stream, feature and time bucket (an hour by default), what arrived —
   raw numbers as a bounded random sample plus their exact count, category counts, or
   histogram counts over one set of cut points (a device's fixed edges);
@@ -170,7 +170,6 @@ class DriftStore:
 
     def __init__(self, store: MetadataStore, *, rng: random.Random | None = None) -> None:
         self.store = store
-        Base.metadata.create_all(store.engine, tables=TABLES)
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
 

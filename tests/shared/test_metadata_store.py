@@ -1,10 +1,11 @@
-"""The metadata store, run as one suite against SQLite and PostgreSQL (fixture `store`)."""
+"""The metadata store and rag's feedback store on it, run as one suite against SQLite and PostgreSQL (fixture `store`)."""
 
 from __future__ import annotations
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
+from rag.feedback import FeedbackStore
 from shared.metadata.store import MetadataStore
 
 
@@ -136,7 +137,7 @@ def test_data_persists_across_store_instances(store: MetadataStore) -> None:
     run_id = store.start_run("src")
     store.finish_run(run_id, status="succeeded", added=1)
     store.add_dead_letter(run_id=run_id, source="src", path="bad.bin", reason="binary")
-    store.add_feedback(user="ann", question="q?", answer="a", rating=1)
+    FeedbackStore(store).add(user="ann", question="q?", answer="a", rating=1)
     store.close()
 
     again = MetadataStore(store.url)
@@ -146,7 +147,7 @@ def test_data_persists_across_store_instances(store: MetadataStore) -> None:
         run = again.get_run(run_id)
         assert (run.status, run.added) == ("succeeded", 1)
         assert [d.path for d in again.dead_letters(run_id)] == ["bad.bin"]
-        assert [f.user for f in again.feedback()] == ["ann"]
+        assert [f.user for f in FeedbackStore(again).recent()] == ["ann"]
     finally:
         again.close()
 
@@ -223,7 +224,8 @@ def test_dead_letters_are_linked_to_runs(store: MetadataStore) -> None:
 
 def test_feedback_round_trip(store: MetadataStore) -> None:
     """Feedback keeps every field, including the JSON extra, newest first."""
-    f1 = store.add_feedback(
+    feedback = FeedbackStore(store)
+    f1 = feedback.add(
         user="ann",
         question="What is X?",
         answer="X is Y.",
@@ -231,24 +233,26 @@ def test_feedback_round_trip(store: MetadataStore) -> None:
         comment="good",
         extra={"sources": ["a.md", "b.md"], "latency_ms": 120},
     )
-    f2 = store.add_feedback(user="bob", question="Why?", answer="", rating=-1)
+    f2 = feedback.add(user="bob", question="Why?", answer="", rating=-1)
 
-    items = store.feedback()
+    items = feedback.recent()
     assert [f.id for f in items] == [f2, f1]
     bob, ann = items
     assert (bob.user, bob.rating, bob.comment, bob.extra) == ("bob", -1, "", {})
     assert (ann.question, ann.answer, ann.rating, ann.comment) == ("What is X?", "X is Y.", 1, "good")
     assert ann.extra == {"sources": ["a.md", "b.md"], "latency_ms": 120}
     assert ann.created_at is not None
-    assert [f.id for f in store.feedback(limit=1)] == [f2]
+    assert [f.id for f in feedback.recent(limit=1)] == [f2]
+    feedback.purge()
+    assert feedback.recent() == []
 
 
-def test_purge_all_empties_every_table(store: MetadataStore) -> None:
-    """--reset leaves an empty but working store."""
+def test_purge_all_empties_the_core_tables(store: MetadataStore) -> None:
+    """purge_all leaves an empty but working store; other packages' rows are theirs to purge."""
     _doc(store, "d1", "a.md")
     run_id = store.start_run("src")
     store.add_dead_letter(run_id=run_id, source="src", path="x", reason="r")
-    store.add_feedback(user="u", question="q", answer="a", rating=1)
+    FeedbackStore(store).add(user="u", question="q", answer="a", rating=1)
 
     store.purge_all()
 
@@ -256,6 +260,6 @@ def test_purge_all_empties_every_table(store: MetadataStore) -> None:
     assert store.list_documents() == []
     assert store.recent_runs() == []
     assert store.dead_letters() == []
-    assert store.feedback() == []
+    assert [f.user for f in FeedbackStore(store).recent()] == ["u"]
     _doc(store, "d1", "a.md")
     assert store.count_documents() == 1

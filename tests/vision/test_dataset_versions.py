@@ -11,6 +11,7 @@ import yaml
 from shared.ingestion.schema import SchemaError
 from shared.metadata.store import MetadataStore
 from vision.datasets.synth import CLASSES, generate
+from vision.datasets.version_store import DatasetVersionStore
 from vision.datasets.versions import parse_label_line, snapshot, verify
 
 
@@ -35,7 +36,7 @@ def test_unchanged_data_gives_the_same_version_without_a_second_row(dataset: Pat
     assert first.created and not second.created
     assert second.version == first.version and len(first.version) == 12
     assert second.record.id == first.record.id
-    assert [v.ref for v in store.list_dataset_versions()] == [f"plates@{first.version}"]
+    assert [v.ref for v in DatasetVersionStore(store).versions()] == [f"plates@{first.version}"]
     assert first.counts["train"]["images"] == 6 and first.counts["val"]["images"] == 3
     assert first.classes == CLASSES
     rerun = store.get_run(second.run_id)
@@ -52,14 +53,15 @@ def test_a_changed_label_gives_a_new_version_and_both_stay_addressable(dataset: 
     new = snapshot(dataset, store, name="plates")
 
     assert new.created and new.version != old.version
-    assert [v.version for v in store.list_dataset_versions("plates")] == [new.version, old.version]
-    assert store.list_dataset_versions("other") == []
-    assert store.get_dataset_version("plates").version == new.version  # latest
-    assert store.get_dataset_version(f"plates@{old.version}").id == old.record.id
-    assert store.get_dataset_version(old.record.id).version == old.version
-    assert store.get_dataset_version(str(new.record.id)).version == new.version
-    assert store.get_dataset_version("plates@000000000000") is None
-    assert store.get_dataset_version("nope") is None
+    versions = DatasetVersionStore(store)
+    assert [v.version for v in versions.versions("plates")] == [new.version, old.version]
+    assert versions.versions("other") == []
+    assert versions.get("plates").version == new.version  # latest
+    assert versions.get(f"plates@{old.version}").id == old.record.id
+    assert versions.get(old.record.id).version == old.version
+    assert versions.get(str(new.record.id)).version == new.version
+    assert versions.get("plates@000000000000") is None
+    assert versions.get("nope") is None
     # each version has its own folder; the old one is told the data moved on
     assert new.data_yaml != old.data_yaml and old.data_yaml.is_file()
     assert verify(new.record) == []
@@ -149,7 +151,7 @@ def test_a_data_yaml_without_names_is_refused_with_the_fix(dataset: Path, store:
     dataset.write_text(f"path: {dataset.parent}\ntrain: images/train\nval: images/val\n")
     with pytest.raises(ValueError, match="'names' is missing"):
         snapshot(dataset, store)
-    assert store.list_dataset_versions() == []
+    assert DatasetVersionStore(store).versions() == []
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator
 
 from shared.ingestion.schema import SchemaError, validate_record
 from shared.ingestion.sources import folder_source
-from shared.metadata.store import DatasetVersionInfo, MetadataStore
+from shared.metadata.store import MetadataStore
+from vision.datasets.version_store import DatasetVersionInfo, DatasetVersionStore
 
 log = logging.getLogger(__name__)
 
@@ -174,8 +175,9 @@ def snapshot(
             "splits": entries,
             "excluded": [e.model_dump() for e in excluded],
         }
-        existed = store.get_dataset_version(f"{name}@{version}") is not None
-        record = store.add_dataset_version(
+        versions = DatasetVersionStore(store)
+        existed = versions.get(f"{name}@{version}") is not None
+        record = versions.add(
             name=name,
             version=version,
             data_yaml=str(derived),
