@@ -106,7 +106,7 @@ def rag_cmd(
         open_backend,  # the same local-or-running-service choice as `loopline rag ask`
     )
     from rag.models import Answer
-    from shared.auth import KeyRegistry, Principal
+    from shared.auth import KeyRegistry
 
     settings = Settings()
     try:
@@ -133,12 +133,11 @@ def rag_cmd(
 
             embed_query = None
         else:
-            who = Principal(name="local-admin", admin=True)
-            if user:
-                found = KeyRegistry.from_file(settings.resolved_api_keys_file).user(user)
-                if found is None:
-                    raise click.ClickException(f"unknown user '{user}' (not in {settings.resolved_api_keys_file})")
-                who = found
+            keys_file = settings.resolved_api_keys_file
+            try:
+                who = KeyRegistry.from_file(keys_file).principal_for(user, source=keys_file)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
 
             def ask(question: str) -> Answer:
                 return backend.ask(question, who, top_k=k)  # type: ignore[attr-defined]
@@ -228,14 +227,8 @@ def vision_cmd(
 ) -> None:
     """mAP, per-class figures and confusion matrix of MODEL (a version, an alias, a .pt or .onnx file)."""
     from evaluation.eval_report import vision_report
-    from evaluation.model_eval import (
-        baseline_results,
-        evaluate_model,
-        open_registry,
-        registry_exists,
-        resolve_model,
-        version_history,
-    )
+    from evaluation.model_eval import baseline_results, evaluate_model, version_history
+    from vision.validation import open_registry, registry_exists, resolve_model
     from vision.yolo_env import prepare_ultralytics
 
     settings = Settings()

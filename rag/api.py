@@ -12,10 +12,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
 from fastapi.responses import StreamingResponse
 
 from rag.loaders import SUPPORTED_SUFFIXES
@@ -23,12 +24,13 @@ from rag.models import Answer, DocumentOut, FeedbackIn, IngestPathIn, QueryReque
 from rag.service import AccessDenied, RagService, UploadConflict
 from rag.vectorstore import EmbeddingMismatch
 from shared.auth import Principal
+from shared.context import ApiPlugin, AppContext
+from shared.dependencies import ADMIN_ONLY, UNAUTHENTICATED, app_context, require_admin, require_user
 from shared.ingestion import Cancelled, RunSummary, source_name
 from shared.ingestion.roots import PathRefused, check_ingest_path, parse_roots
 from shared.metadata.store import DocumentInfo
 from shared.monitoring.freshness import VisibleSource, visible_source_freshness
 from shared.monitoring.monitoring_config import load_monitoring_config
-from shared.server import ApiPlugin, AppContext
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,238 +67,257 @@ def _groups(raw: str | None) -> list[str]:
     return groups or ["public"]
 
 
-def build_router(service: RagService, ctx: AppContext) -> APIRouter:
-    router = APIRouter(prefix="/v1", tags=["documents Q&A"])
-    sync_lock = threading.Lock()
+@dataclass
+class RagApi:
+    """What the Q&A routes depend on: the service, the root, one sync at a time."""
 
-    def caller(request: Request) -> Principal:
-        return ctx.authenticate(request)
+    service: RagService
+    ctx: AppContext
+    sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def admin(who: Principal = Depends(caller)) -> Principal:
-        if not who.admin:
-            raise HTTPException(403, detail=f"user '{who.name}' is not an admin; admins manage documents")
-        return who
-
-    def recorded_ingest(kind: str, ingest: Callable[[], T], run_of: Callable[[T], RunSummary] = lambda r: r) -> T:
+    def recorded_ingest(self, kind: str, ingest: Callable[[], T], run_of: Callable[[T], RunSummary] = lambda r: r) -> T:
         """Run an ingest and count it in the metrics (a run that raises counts as failed)."""
+        metrics = self.ctx.metrics
         t0 = time.perf_counter()
         try:
             result = ingest()
         except Cancelled as exc:
-            ctx.metrics.record_ingest(kind, "interrupted", {}, time.perf_counter() - t0)
+            metrics.record_ingest(kind, "interrupted", {}, time.perf_counter() - t0)
             raise HTTPException(503, detail=f"ingest interrupted: {exc}") from exc
         except UploadConflict:
             raise
         except Exception:
-            ctx.metrics.record_ingest(kind, "failed", {}, time.perf_counter() - t0)
+            metrics.record_ingest(kind, "failed", {}, time.perf_counter() - t0)
             raise
         run = run_of(result)
-        ctx.metrics.record_ingest(kind, run.status, run.counts(), run.seconds)
+        metrics.record_ingest(kind, run.status, run.counts(), run.seconds)
         return result
 
-    def effective(req: QueryRequest, who: Principal) -> Principal:
+    def effective(self, req: QueryRequest, who: Principal) -> Principal:
+        """Who the answer is for: the caller, or (admins only) the user named in `as_user`."""
         if not req.as_user:
             return who
         if not who.admin:
             raise HTTPException(403, detail="only admins may ask as another user")
-        other = ctx.keys.user(req.as_user)
+        other = self.ctx.keys.user(req.as_user)
         if other is None:
             raise HTTPException(404, detail=f"unknown user '{req.as_user}'")
         return other
 
-    @router.post("/query", response_model=Answer, summary="Answer a question with citations.")
-    def query(req: QueryRequest, who: Principal = Depends(caller)) -> Answer:
+
+def rag_api(ctx: AppContext = Depends(app_context)) -> RagApi:
+    return ctx.services["rag"]
+
+
+router = APIRouter(prefix="/v1", tags=["documents Q&A"], responses=UNAUTHENTICATED)
+
+
+@router.post("/query", response_model=Answer, summary="Answer a question with citations.")
+def query(req: QueryRequest, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> Answer:
+    try:
+        answer = api.service.ask(req.question, api.effective(req, who), top_k=req.top_k)
+    except EmbeddingMismatch as exc:
+        raise HTTPException(409, detail=str(exc)) from exc
+    api.ctx.metrics.record_answer(answer.mode, answer.abstained)
+    return answer
+
+
+@router.post(
+    "/query/stream",
+    summary="Answer as server-sent events: citations, token…, done.",
+    response_class=StreamingResponse,
+)
+def query_stream(
+    req: QueryRequest, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)
+) -> StreamingResponse:
+    as_who = api.effective(req, who)
+
+    def events() -> Iterator[str]:
         try:
-            answer = service.ask(req.question, effective(req, who), top_k=req.top_k)
-        except EmbeddingMismatch as exc:
-            raise HTTPException(409, detail=str(exc)) from exc
-        ctx.metrics.record_answer(answer.mode, answer.abstained)
-        return answer
+            for ev in api.service.ask_stream(req.question, as_who, top_k=req.top_k):
+                if ev["type"] == "done":
+                    api.ctx.metrics.record_answer(ev["answer"]["mode"], ev["answer"]["abstained"])
+                yield f"event: {ev['type']}\ndata: {json.dumps(ev, default=str)}\n\n"
+        except Exception as exc:  # the stream has started: report in-band
+            log.exception("streamed answer failed")
+            yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': str(exc)})}\n\n"
 
-    @router.post(
-        "/query/stream",
-        summary="Answer as server-sent events: citations, token…, done.",
-        response_class=StreamingResponse,
-    )
-    def query_stream(req: QueryRequest, who: Principal = Depends(caller)) -> StreamingResponse:
-        as_who = effective(req, who)
+    return StreamingResponse(events(), media_type="text/event-stream")
 
-        def events() -> Iterator[str]:
-            try:
-                for ev in service.ask_stream(req.question, as_who, top_k=req.top_k):
-                    if ev["type"] == "done":
-                        ctx.metrics.record_answer(ev["answer"]["mode"], ev["answer"]["abstained"])
-                    yield f"event: {ev['type']}\ndata: {json.dumps(ev, default=str)}\n\n"
-            except Exception as exc:  # the stream has started: report in-band
-                log.exception("streamed answer failed")
-                yield f"event: error\ndata: {json.dumps({'type': 'error', 'detail': str(exc)})}\n\n"
 
-        return StreamingResponse(events(), media_type="text/event-stream")
+@router.get("/documents", response_model=list[DocumentOut], summary="Documents you may read.")
+def list_documents(who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> list[DocumentOut]:
+    return [_doc_out(d) for d in api.service.list_documents(who)]
 
-    @router.get("/documents", response_model=list[DocumentOut], summary="Documents you may read.")
-    def list_documents(who: Principal = Depends(caller)) -> list[DocumentOut]:
-        return [_doc_out(d) for d in service.list_documents(who)]
 
-    @router.get("/sources", response_model=list[VisibleSource], summary="How fresh the sources you can read are.")
-    def sources(who: Principal = Depends(caller)) -> list[VisibleSource]:
-        """Sources of the documents you may read, with the age of their last successful sync and its SLO."""
+@router.get("/sources", response_model=list[VisibleSource], summary="How fresh the sources you can read are.")
+def sources(who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> list[VisibleSource]:
+    """Sources of the documents you may read, with the age of their last successful sync and its SLO."""
+    try:
+        slos = load_monitoring_config(api.service.settings).freshness
+    except ValueError as exc:
+        raise HTTPException(503, detail=f"source freshness unavailable: {exc}") from exc
+    found = visible_source_freshness(api.service.metadata, slos, groups=who.readable_groups)
+    return [f.model_copy(update={"source": source_name(f.source)}) for f in found]
+
+
+@router.get("/documents/{doc_id}", response_model=DocumentOut)
+def get_document(doc_id: str, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> DocumentOut:
+    doc = api.service.get_document(doc_id, who)
+    if doc is None:
+        raise HTTPException(404, detail=f"no document {doc_id}")
+    return _doc_out(doc)
+
+
+@router.delete(
+    "/documents/{doc_id}", status_code=204, summary="Remove a document from the index (admins).", responses=ADMIN_ONLY
+)
+def delete_document(doc_id: str, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> None:
+    try:
+        found = api.service.delete_document(doc_id, who)
+    except AccessDenied as exc:
+        raise HTTPException(403, detail=str(exc)) from exc
+    if not found:
+        raise HTTPException(404, detail=f"no document {doc_id}")
+
+
+@router.post(
+    "/documents", status_code=201, summary="Upload a document (admins), readable by `groups`.", responses=ADMIN_ONLY
+)
+def upload(
+    file: UploadFile = File(...),
+    groups: str = Form("public", description="Comma-separated groups that may read it."),
+    replace: bool = Form(
+        False,
+        description="Replace an upload of the same name that other groups may read (otherwise 409). "
+        "The same name with the same groups is always a new version.",
+    ),
+    who: Principal = Depends(require_admin),
+    api: RagApi = Depends(rag_api),
+) -> dict:
+    name = file.filename or "upload"
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise HTTPException(
+            415,
+            detail=f"unsupported file type '{suffix or name}'; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}",
+        )
+    limit = api.service.settings.upload_max_bytes
+    data = file.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
+    try:
+        doc, run = api.recorded_ingest(
+            "upload",
+            lambda: api.service.ingest_upload(name, data, _groups(groups), replace=replace),
+            run_of=lambda r: r[1],
+        )
+    except UploadConflict as exc:
+        raise HTTPException(409, detail=f"{name}: {exc}") from exc
+    if run.failed or doc is None:
+        reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
+        raise HTTPException(422, detail=f"{name}: {reason}")
+    log.info("user %s uploaded %s as %s", who.name, name, doc.path)
+    return {"document": _doc_out(doc).model_dump(mode="json"), "run": _run_out(run).model_dump()}
+
+
+@router.post("/sync", status_code=202, summary="Re-sync the configured folder source (admins).", responses=ADMIN_ONLY)
+def sync(wait: bool = False, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> dict:
+    folder = api.service.settings.sync_folder
+    if folder is None:
+        raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
+    if not Path(folder).is_dir():
+        raise HTTPException(409, detail=f"the sync folder {folder} does not exist or is not a folder")
+    if not api.sync_lock.acquire(blocking=False):
+        raise HTTPException(409, detail="a sync is already running")
+    groups = _groups(api.service.settings.sync_groups)
+
+    def run() -> RunSummary:
         try:
-            slos = load_monitoring_config(service.settings).freshness
-        except ValueError as exc:
-            raise HTTPException(503, detail=f"source freshness unavailable: {exc}") from exc
-        found = visible_source_freshness(service.metadata, slos, groups=who.readable_groups)
-        return [f.model_copy(update={"source": source_name(f.source)}) for f in found]
+            return api.recorded_ingest("sync", lambda: api.service.ingest(folder, groups, kind="sync"))
+        finally:
+            api.sync_lock.release()
 
-    @router.get("/documents/{doc_id}", response_model=DocumentOut)
-    def get_document(doc_id: str, who: Principal = Depends(caller)) -> DocumentOut:
-        doc = service.get_document(doc_id, who)
-        if doc is None:
-            raise HTTPException(404, detail=f"no document {doc_id}")
-        return _doc_out(doc)
-
-    @router.delete("/documents/{doc_id}", status_code=204, summary="Remove a document from the index (admins).")
-    def delete_document(doc_id: str, who: Principal = Depends(caller)) -> None:
+    def run_in_background() -> None:
         try:
-            found = service.delete_document(doc_id, who)
-        except AccessDenied as exc:
+            run()
+        except HTTPException as exc:  # interrupted by a shutdown: recorded as such
+            log.warning("sync of %s: %s", folder, exc.detail)
+        except Exception:
+            log.exception("sync of %s failed", folder)
+
+    if wait:
+        return {"status": "finished", "run": _run_out(run()).model_dump()}
+    threading.Thread(target=run_in_background, name="loopline-sync", daemon=True).start()
+    log.info("user %s started a sync of %s", who.name, folder)
+    return {"status": "started", "folder": str(folder)}
+
+
+@router.post(
+    "/admin/ingest",
+    response_model=RunOut,
+    summary="Ingest a path on the server (admins: under LOOPLINE_INGEST_ROOTS; the local CLI: anything it can read).",
+    responses=ADMIN_ONLY,
+)
+def ingest_path(req: IngestPathIn, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> RunOut:
+    path = Path(req.path)
+    if not who.local:  # a network caller: only under the configured roots, never the service's own home
+        try:
+            path = check_ingest_path(
+                req.path, parse_roots(api.service.settings.ingest_roots), protected=[api.service.settings.home]
+            )
+        except PathRefused as exc:
+            log.warning("user %s was refused ingesting %s: %s", who.name, req.path, exc)
             raise HTTPException(403, detail=str(exc)) from exc
-        if not found:
-            raise HTTPException(404, detail=f"no document {doc_id}")
+    if not path.exists():
+        raise HTTPException(404, detail=f"{req.path}: no such file or folder on the server")
+    return _run_out(api.recorded_ingest("ingest", lambda: api.service.ingest(path, req.groups)))
 
-    @router.post("/documents", status_code=201, summary="Upload a document (admins), readable by `groups`.")
-    def upload(
-        file: UploadFile = File(...),
-        groups: str = Form("public", description="Comma-separated groups that may read it."),
-        replace: bool = Form(
-            False,
-            description="Replace an upload of the same name that other groups may read (otherwise 409). "
-            "The same name with the same groups is always a new version.",
-        ),
-        who: Principal = Depends(admin),
-    ) -> dict:
-        name = file.filename or "upload"
-        suffix = Path(name).suffix.lower()
-        if suffix not in SUPPORTED_SUFFIXES:
-            raise HTTPException(
-                415,
-                detail=f"unsupported file type '{suffix or name}'; supported: {', '.join(sorted(SUPPORTED_SUFFIXES))}",
-            )
-        limit = service.settings.upload_max_bytes
-        data = file.file.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, detail=f"file is over the upload limit of {limit:,} bytes")
-        try:
-            doc, run = recorded_ingest(
-                "upload",
-                lambda: service.ingest_upload(name, data, _groups(groups), replace=replace),
-                run_of=lambda r: r[1],
-            )
-        except UploadConflict as exc:
-            raise HTTPException(409, detail=f"{name}: {exc}") from exc
-        if run.failed or doc is None:
-            reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
-            raise HTTPException(422, detail=f"{name}: {reason}")
-        log.info("user %s uploaded %s as %s", who.name, name, doc.path)
-        return {"document": _doc_out(doc).model_dump(mode="json"), "run": _run_out(run).model_dump()}
 
-    @router.post("/sync", status_code=202, summary="Re-sync the configured folder source (admins).")
-    def sync(wait: bool = False, who: Principal = Depends(admin)) -> dict:
-        folder = service.settings.sync_folder
-        if folder is None:
-            raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
-        if not Path(folder).is_dir():
-            raise HTTPException(409, detail=f"the sync folder {folder} does not exist or is not a folder")
-        if not sync_lock.acquire(blocking=False):
-            raise HTTPException(409, detail="a sync is already running")
-        groups = _groups(service.settings.sync_groups)
+@router.get("/runs", summary="Recent ingest and sync runs (admins).", responses=ADMIN_ONLY)
+def runs(limit: int = 20, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> list[dict]:
+    return [
+        {
+            "run_id": r.id,
+            "source": r.source,
+            "kind": r.kind,
+            "status": r.status,
+            "started_at": r.started_at,
+            "finished_at": r.finished_at,
+            "added": r.added,
+            "updated": r.updated,
+            "unchanged": r.unchanged,
+            "deleted": r.deleted,
+            "failed": r.failed,
+            "error": r.error,
+        }
+        for r in api.service.metadata.recent_runs(limit)
+    ]
 
-        def run() -> RunSummary:
-            try:
-                return recorded_ingest("sync", lambda: service.ingest(folder, groups, kind="sync"))
-            finally:
-                sync_lock.release()
 
-        def run_in_background() -> None:
-            try:
-                run()
-            except HTTPException as exc:  # interrupted by a shutdown: recorded as such
-                log.warning("sync of %s: %s", folder, exc.detail)
-            except Exception:
-                log.exception("sync of %s failed", folder)
-
-        if wait:
-            return {"status": "finished", "run": _run_out(run()).model_dump()}
-        threading.Thread(target=run_in_background, name="loopline-sync", daemon=True).start()
-        log.info("user %s started a sync of %s", who.name, folder)
-        return {"status": "started", "folder": str(folder)}
-
-    @router.post(
-        "/admin/ingest",
-        response_model=RunOut,
-        summary="Ingest a path on the server (admins: under LOOPLINE_INGEST_ROOTS; the local CLI: anything it can read).",
-    )
-    def ingest_path(req: IngestPathIn, who: Principal = Depends(admin)) -> RunOut:
-        path = Path(req.path)
-        if not who.local:  # a network caller: only under the configured roots, never the service's own home
-            try:
-                path = check_ingest_path(
-                    req.path, parse_roots(service.settings.ingest_roots), protected=[service.settings.home]
-                )
-            except PathRefused as exc:
-                log.warning("user %s was refused ingesting %s: %s", who.name, req.path, exc)
-                raise HTTPException(403, detail=str(exc)) from exc
-        if not path.exists():
-            raise HTTPException(404, detail=f"{req.path}: no such file or folder on the server")
-        return _run_out(recorded_ingest("ingest", lambda: service.ingest(path, req.groups)))
-
-    @router.get("/runs", summary="Recent ingest and sync runs (admins).")
-    def runs(limit: int = 20, who: Principal = Depends(admin)) -> list[dict]:
-        return [
-            {
-                "run_id": r.id,
-                "source": r.source,
-                "kind": r.kind,
-                "status": r.status,
-                "started_at": r.started_at,
-                "finished_at": r.finished_at,
-                "added": r.added,
-                "updated": r.updated,
-                "unchanged": r.unchanged,
-                "deleted": r.deleted,
-                "failed": r.failed,
-                "error": r.error,
-            }
-            for r in service.metadata.recent_runs(limit)
-        ]
-
-    @router.post("/feedback", status_code=201, summary="Rate an answer.")
-    def feedback(fb: FeedbackIn, who: Principal = Depends(caller)) -> dict:
-        fid = service.add_feedback(who, question=fb.question, answer=fb.answer, rating=fb.rating, comment=fb.comment)
-        return {"id": fid}
-
-    return router
+@router.post("/feedback", status_code=201, summary="Rate an answer.")
+def feedback(fb: FeedbackIn, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> dict:
+    fid = api.service.add_feedback(who, question=fb.question, answer=fb.answer, rating=fb.rating, comment=fb.comment)
+    return {"id": fid}
 
 
 def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
-    """Entry point of the `loopline.api` group."""
+    """Entry point of the `loopline.api` group; tests pass a ready `service`."""
     svc = service or _service_with_drift(ctx)
+    ctx.services["rag"] = RagApi(svc, ctx)
 
     def ready() -> dict:
         return {"documents": svc.metadata.count_documents(), "chunks": svc.store.count()}
 
-    return ApiPlugin(name="rag", router=build_router(svc, ctx), ready=ready, close=svc.close, stop=svc.stop)
+    return ApiPlugin(name="rag", router=router, ready=ready, close=svc.close, stop=svc.stop)
 
 
 def _service_with_drift(ctx: AppContext) -> RagService:
-    """The service on the configured stores, recording its answers for drift monitoring."""
+    """The service on the root's stores, recording its answers for drift monitoring."""
     from rag.service import DRIFT_STREAM, drift_reference_label
-    from shared.metadata import MetadataStore
-    from shared.monitoring.drift import BufferedRecorder, DriftMonitor
+    from shared.monitoring.drift import BufferedRecorder
 
-    ctx.settings.ensure_home()
-    metadata = MetadataStore(ctx.settings.resolved_database_url)
-    monitor = DriftMonitor(metadata)
     label = drift_reference_label(ctx.settings)
-    if monitor.reference_label(DRIFT_STREAM) != label:  # first start, or another model: its answers become the normal
-        monitor.request_reference(DRIFT_STREAM, label=label)
-    return RagService(ctx.settings, metadata=metadata, drift=BufferedRecorder(monitor))
+    if ctx.drift.reference_label(DRIFT_STREAM) != label:  # first start, or another model: its answers become the normal
+        ctx.drift.request_reference(DRIFT_STREAM, label=label)
+    return RagService(ctx.settings, metadata=ctx.metadata, drift=BufferedRecorder(ctx.drift))

@@ -145,19 +145,20 @@ def ingest(path: Path, groups: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per question).")
 def ask(question: str | None, user: str | None, top_k: int | None, batch: Path | None, as_json: bool) -> None:
     """Answer QUESTION with citations from the documents the user may read."""
-    from shared.auth import KeyRegistry, Principal
+    from shared.auth import KeyRegistry, local_admin
 
     if bool(question) == bool(batch):
         raise click.UsageError("give either a QUESTION or --batch FILE.jsonl")
     settings = Settings()
     items: list[dict] = [{"id": None, "question": question}] if question else _read_batch(batch)  # type: ignore[arg-type]
     with open_backend(settings) as (kind, backend):
-        who = Principal(name="local-admin", admin=True)
-        if user and kind == "local":
-            found = KeyRegistry.from_file(settings.resolved_api_keys_file).user(user)
-            if found is None:
-                raise click.ClickException(f"unknown user '{user}' (not in {settings.resolved_api_keys_file})")
-            who = found
+        who = local_admin()
+        if kind == "local":  # a running service resolves `--user` itself
+            keys_file = settings.resolved_api_keys_file
+            try:
+                who = KeyRegistry.from_file(keys_file).principal_for(user, source=keys_file)
+            except ValueError as exc:
+                raise click.ClickException(str(exc)) from exc
         for item in items:
             if kind == "remote":
                 out = backend.ask(item["question"], user, top_k)  # type: ignore[attr-defined]

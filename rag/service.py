@@ -26,6 +26,7 @@ from rag.answer import (
     make_citations,
 )
 from rag.embeddings import Embedder, make_embedder
+from rag.feedback import FeedbackStore
 from rag.indexer import RagIndexer
 from rag.loaders import LoadLimits
 from rag.models import Answer, Timings
@@ -100,6 +101,8 @@ class RagService:
         self.settings = settings
         settings.ensure_home()
         self.metadata = metadata or MetadataStore(settings.resolved_database_url)
+        self.feedback = FeedbackStore(self.metadata)  # users' ratings, on the metadata database
+        self._owns_metadata = metadata is None  # a store handed in belongs to the caller (the app's root)
         self.store = store or open_vector_store(settings)
         self._embedder_factory = embedder_factory or (lambda: make_embedder(settings))
         self.generator = generator or make_generator(settings)
@@ -180,7 +183,8 @@ class RagService:
         if callable(close_drift):
             close_drift()  # a buffered recorder writes what is still waiting
         self.store.close()
-        self.metadata.close()
+        if self._owns_metadata:
+            self.metadata.close()
 
     def __enter__(self) -> RagService:
         return self
@@ -324,9 +328,7 @@ class RagService:
         )
 
     def add_feedback(self, who: Principal, *, question: str, answer: str, rating: int, comment: str) -> int:
-        fid = self.metadata.add_feedback(
-            user=who.name, question=question, answer=answer, rating=rating, comment=comment
-        )
+        fid = self.feedback.add(user=who.name, question=question, answer=answer, rating=rating, comment=comment)
         self._record_drift({"feedback_rating": [rating]})
         return fid
 

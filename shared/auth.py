@@ -1,13 +1,14 @@
-"""API keys → principals (user, groups, admin), read from a YAML file.
+"""Who is calling: API keys → principals (user, groups, admin), device tokens → devices.
 
-The file lists users; each has a key (or its sha256, so the file need not hold secrets),
-groups, and an admin flag. Every user also reads the `public` group. Keys are compared in
-constant time. Nothing here knows about documents: the verticals enforce groups.
+Both come from YAML files. Users have a key (or its sha256, so the file need not hold
+secrets), groups and an admin flag; every user also reads the `public` group. Devices have
+an id, a fleet and a token (or its sha256). Secrets are compared in constant time. Nothing
+here knows about documents or frames: the verticals enforce groups and device ids.
 
-    users:
-      - name: alice
-        key_sha256: 2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae
-        groups: [engineering]
+    users:                                  devices:
+      - name: alice                           - id: line1-cam01
+        key_sha256: 2c26b46b68ffc68…            fleet: line-1
+        groups: [engineering]                   token_sha256: 5e88489…   # or `token: …`
       - name: ops
         key: change-me
         admin: true
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -25,6 +26,7 @@ import yaml
 from pydantic import BaseModel, Field, model_validator
 
 PUBLIC_GROUP = "public"
+LOCAL_ADMIN = "local-admin"
 
 T = TypeVar("T")
 
@@ -123,9 +125,81 @@ class KeyRegistry:
         u = self._users.get(name)
         return _principal(u) if u else None
 
+    def principal_for(self, user: str | None, *, source: object = "the API keys file") -> Principal:
+        """Who a CLI command acts as: the local admin, or `user` (`--user`); ValueError naming `source` if unknown."""
+        if user is None:
+            return local_admin()
+        found = self.user(user)
+        if found is None:
+            raise ValueError(f"unknown user '{user}' (not in {source})")
+        return found
+
     def __len__(self) -> int:
         return len(self._users)
 
 
 def _principal(u: UserEntry) -> Principal:
     return Principal(name=u.name, groups=sorted(set(u.groups)), admin=u.admin)
+
+
+def local_admin() -> Principal:
+    """The machine's own CLI user: an admin who may act on the server's files."""
+    return Principal(name=LOCAL_ADMIN, admin=True, local=True)
+
+
+def request_secret(headers: Mapping[str, str]) -> str | None:
+    """The credential of a request: `X-API-Key: KEY`, else `Authorization: Bearer KEY`."""
+    key = headers.get("x-api-key")
+    if key:
+        return key
+    auth = headers.get("authorization", "")
+    if not auth.lower().startswith("bearer "):
+        return None
+    return auth[7:].strip() or None
+
+
+# --- devices ----------------------------------------------------------------------------
+class Device(BaseModel):
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    fleet: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+    token: str | None = Field(None, min_length=16)
+    token_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+    @model_validator(mode="after")
+    def _one_token(self) -> Device:
+        if not (self.token or self.token_sha256):
+            raise ValueError(f"device '{self.id}' needs a 'token' or a 'token_sha256'")
+        return self
+
+    def digest(self) -> str:
+        return self.token_sha256 or secret_digest(self.token)  # type: ignore[arg-type]
+
+
+class DevicesFile(BaseModel):
+    devices: list[Device] = Field(default_factory=list)
+
+
+class DeviceRegistry:
+    """Resolves device tokens to devices; a device only ever acts as itself."""
+
+    def __init__(self, devices: list[Device]) -> None:
+        ids = [d.id for d in devices]
+        if len(set(ids)) != len(ids):
+            raise ValueError("duplicate device ids in the devices file")
+        self._devices = list(devices)
+
+    @classmethod
+    def from_file(cls, path: Path) -> DeviceRegistry:
+        if not path.exists():
+            return cls([])
+        try:
+            parsed = DevicesFile.model_validate(yaml.safe_load(path.read_text()) or {})
+        except Exception as exc:
+            raise ValueError(f"{path}: invalid devices file: {exc}") from exc
+        return cls(parsed.devices)
+
+    def authenticate(self, token: str | None) -> Device | None:
+        return find_by_secret(((d.digest(), d) for d in self._devices), token)
+
+    def __len__(self) -> int:
+        return len(self._devices)

@@ -32,9 +32,13 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from shared.auth import request_secret
+
 if TYPE_CHECKING:
     from shared.config import Settings
+    from shared.context import AppContext
     from shared.metadata.store import MetadataStore
+    from shared.monitoring.drift import DriftMonitor
     from shared.monitoring.freshness import FreshnessSLOs
 
 log = logging.getLogger(__name__)
@@ -84,10 +88,12 @@ class MonitoringCollector(Collector):
         self,
         store: Callable[[], MetadataStore],
         *,
+        drift: Callable[[], DriftMonitor] | None = None,
         slos: Callable[[], FreshnessSLOs] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
+        self._drift_monitor = drift
         self._slos = slos
         self._clock = clock
 
@@ -120,7 +126,8 @@ class MonitoringCollector(Collector):
     def _drift(self, psi: GaugeMetricFamily, _age: GaugeMetricFamily) -> None:
         from shared.monitoring.drift import DriftMonitor
 
-        for s in DriftMonitor(self._store(), clock=self._clock).status():
+        monitor = self._drift_monitor() if self._drift_monitor else DriftMonitor(self._store(), clock=self._clock)
+        for s in monitor.status():
             if s.psi is not None:
                 psi.add_metric([s.stream, s.feature], float(s.psi))
 
@@ -145,6 +152,8 @@ class ServiceMetrics:
         *,
         enabled: bool = True,
         store: Callable[[], MetadataStore] | None = None,
+        drift: Callable[[], DriftMonitor] | None = None,
+        owns_store: bool = True,
         slos: Callable[[], FreshnessSLOs] | None = None,
         clock: Callable[[], float] = time.time,
         max_label_values: int = 50,
@@ -209,21 +218,16 @@ class ServiceMetrics:
         self._in_use: dict[str, str] = {}
         self._in_use_lock = threading.Lock()
         self._store_factory = store
+        self._owns_store = owns_store
         self._store: MetadataStore | None = None
         self._store_lock = threading.Lock()
         if store is not None:
-            self.registry.register(MonitoringCollector(self._monitoring_store, slos=slos, clock=clock))
+            self.registry.register(MonitoringCollector(self._monitoring_store, drift=drift, slos=slos, clock=clock))
 
     @classmethod
-    def for_settings(
-        cls, settings: Settings, *, enabled: bool | None = None, slos: Callable[[], FreshnessSLOs] | None = None
-    ) -> ServiceMetrics:
-        """The metrics of a central service: drift and freshness from its metadata database."""
-
-        def store() -> MetadataStore:
-            from shared.metadata.store import MetadataStore
-
-            return MetadataStore(settings.resolved_database_url)
+    def for_context(cls, ctx: AppContext, *, enabled: bool | None = None) -> ServiceMetrics:
+        """The metrics of a central service: drift and freshness from the root's store and drift monitor."""
+        settings = ctx.settings
 
         def configured_slos() -> FreshnessSLOs:  # re-read per scrape: an edited monitoring.yaml applies at once
             from shared.monitoring.monitoring_config import load_monitoring_config
@@ -231,7 +235,11 @@ class ServiceMetrics:
             return load_monitoring_config(settings).freshness
 
         return cls(
-            enabled=settings.metrics_enabled if enabled is None else enabled, store=store, slos=slos or configured_slos
+            enabled=settings.metrics_enabled if enabled is None else enabled,
+            store=lambda: ctx.metadata,
+            drift=lambda: ctx.drift,
+            owns_store=False,
+            slos=configured_slos,
         )
 
     def _monitoring_store(self) -> MetadataStore:
@@ -243,9 +251,9 @@ class ServiceMetrics:
 
     def close(self) -> None:
         with self._store_lock:
-            if self._store is not None:
+            if self._store is not None and self._owns_store:
                 self._store.close()
-                self._store = None
+            self._store = None
 
     # --- recording -------------------------------------------------------------------
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -350,8 +358,7 @@ def metrics_router(metrics: ServiceMetrics, settings: Settings) -> APIRouter:
     @router.get("/metrics", summary="Prometheus metrics of this service.", response_class=Response)
     def scrape(request: Request) -> Response:
         if token is not None:
-            auth = request.headers.get("authorization", "")
-            given = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+            given = request_secret(request.headers) or ""
             if not hmac.compare_digest(given.encode(), token.encode()):
                 raise HTTPException(
                     401,

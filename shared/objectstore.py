@@ -29,6 +29,10 @@ class ObjectStore(Protocol):
 
     def list(self, prefix: str = "") -> list[str]: ...
 
+    def scoped(self, prefix: str) -> ObjectStore:
+        """The same store seen under `prefix/`: one part of the service keeps to its own keys."""
+        ...
+
 
 def check_key(key: str) -> str:
     if not _KEY.match(key) or ".." in key.split("/"):
@@ -45,6 +49,9 @@ class LocalObjectStore:
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
+
+    def scoped(self, prefix: str) -> LocalObjectStore:
+        return LocalObjectStore(self._path(prefix))
 
     def put(self, key: str, data: bytes) -> None:
         path = self._path(key)

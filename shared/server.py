@@ -1,72 +1,31 @@
 """The central HTTP service: one FastAPI app, each vertical mounted as a plugin.
 
 Verticals register an entry point in the `loopline.api` group: a callable taking the
-`AppContext` and returning an `ApiPlugin` (router, readiness check, close). This module
-never imports a vertical; it only discovers them. Authentication lives here: API keys
-from the keys file, plus the local admin token of `service.json` for the CLI hand-off.
+`AppContext` (the composition root, `shared.context`) and returning an `ApiPlugin` (router,
+readiness check, stop, close). This module never imports a vertical; it only discovers
+them. Authentication is declared once, in `shared.dependencies`.
 """
 
 from __future__ import annotations
 
-import hmac
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 
-from fastapi import APIRouter, FastAPI, HTTPException, Request
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 
-from shared.auth import KeyRegistry, Principal
+from shared.auth import DeviceRegistry, KeyRegistry
+from shared.cli import extra_for
 from shared.config import Settings
-from shared.metrics import RequestMetricsMiddleware, ServiceMetrics, metrics_router
+from shared.context import ApiPlugin, AppContext
+from shared.metadata.store import MetadataStore
+from shared.metrics import RequestMetricsMiddleware, metrics_router
 
 log = logging.getLogger(__name__)
-LOCAL_ADMIN = "local-admin"
 
-
-@dataclass
-class ApiPlugin:
-    name: str
-    router: APIRouter
-    ready: Callable[[], dict] = lambda: {}
-    close: Callable[[], None] = lambda: None
-    stop: Callable[[], None] = lambda: None  # abandon long work at once (SIGTERM); close follows
-
-
-@dataclass
-class AppContext:
-    settings: Settings
-    keys: KeyRegistry
-    local_token: str | None = None
-    plugins: list[ApiPlugin] = field(default_factory=list)
-    metrics: ServiceMetrics = field(default_factory=lambda: ServiceMetrics(enabled=False))
-
-    def stop(self) -> None:
-        """The service is shutting down: every plugin abandons its long work now."""
-        for plugin in self.plugins:
-            try:
-                plugin.stop()
-            except Exception:
-                log.exception("stopping plugin %s failed", plugin.name)
-
-    def authenticate(self, request: Request) -> Principal:
-        key = request.headers.get("x-api-key")
-        auth = request.headers.get("authorization", "")
-        if not key and auth.lower().startswith("bearer "):
-            key = auth[7:].strip()
-        if key and self.local_token and hmac.compare_digest(key.encode(), self.local_token.encode()):
-            return Principal(name=LOCAL_ADMIN, admin=True, local=True)
-        who = self.keys.authenticate(key)
-        if who is None:
-            raise HTTPException(
-                status_code=401,
-                detail="missing or unknown API key: send it as 'X-API-Key: KEY' or 'Authorization: Bearer KEY'",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        return who
-
+__all__ = ["ApiPlugin", "AppContext", "create_app", "discover_plugins"]
 
 PluginFactory = Callable[[AppContext], ApiPlugin]
 
@@ -101,7 +60,9 @@ def discover_plugins() -> list[PluginFactory]:
         try:
             found.append(ep.load())
         except ImportError as exc:
-            log.warning("API plugin %s not loaded (%s); install its extra, e.g. loopline[%s]", ep.name, exc, ep.name)
+            log.warning(
+                "API plugin %s not loaded (%s); install its extra: loopline[%s]", ep.name, exc, extra_for(ep.name)
+            )
     return found
 
 
@@ -110,15 +71,15 @@ def create_app(
     *,
     plugins: Sequence[PluginFactory] | None = None,
     keys: KeyRegistry | None = None,
+    devices: DeviceRegistry | None = None,
+    metadata: MetadataStore | None = None,
     local_token: str | None = None,
     metrics: bool | None = None,
 ) -> FastAPI:
-    """The app; `metrics=False` (or LOOPLINE_METRICS_ENABLED=false) builds it without /metrics or recording."""
-    ctx = AppContext(
-        settings=settings,
-        keys=keys if keys is not None else KeyRegistry.from_file(settings.resolved_api_keys_file),
-        local_token=local_token,
-        metrics=ServiceMetrics.for_settings(settings, enabled=metrics),
+    """The app on one composition root; `metrics=False` (or LOOPLINE_METRICS_ENABLED=false) builds it
+    without /metrics or recording. The keywords replace parts of the root (see `AppContext.build`)."""
+    ctx = AppContext.build(
+        settings, keys=keys, devices=devices, metadata=metadata, local_token=local_token, metrics=metrics
     )
     if not len(ctx.keys):
         log.warning(
@@ -129,13 +90,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         yield
-        ctx.stop()
-        for plugin in ctx.plugins:
-            try:
-                plugin.close()
-            except Exception:
-                log.exception("closing plugin %s failed", plugin.name)
-        ctx.metrics.close()
+        ctx.close()
 
     app = FastAPI(
         title="loopline",

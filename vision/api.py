@@ -17,18 +17,19 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 
-from shared.metadata.store import MetadataStore
+from shared.auth import Device, DeviceRegistry
+from shared.context import ApiPlugin, AppContext
+from shared.dependencies import DEVICE_ONLY, app_context, require_device
 from shared.monitoring.drift import DriftMonitor
-from shared.objectstore import LocalObjectStore, ObjectStore
-from shared.server import ApiPlugin, AppContext
-from vision.devices import Device, DeviceRegistry
+from shared.objectstore import ObjectStore
 from vision.training import model_dir
 
 log = logging.getLogger(__name__)
@@ -213,82 +214,93 @@ def _names_of(path: Path) -> list[str]:
     return [names[k] for k in sorted(names)]
 
 
-def build_router(
-    ctx: AppContext, devices: DeviceRegistry, frames: ObjectStore, models: _Models, drift: FleetDrift | None = None
-) -> APIRouter:
-    router = APIRouter(prefix="/v1/devices", tags=["edge devices"])
-    decoder = FrameDecoder(ctx.settings.frame_max_pixels, ctx.settings.frame_decode_concurrency)
+@dataclass
+class VisionApi:
+    """What the device routes depend on, built once per app from the composition root."""
 
-    def device(request: Request) -> Device:
-        auth = request.headers.get("authorization", "")
-        token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        found = devices.authenticate(token)
-        if found is None:
-            raise HTTPException(401, detail="missing or unknown device token (Authorization: Bearer TOKEN)")
-        return found
+    ctx: AppContext
+    frames: ObjectStore
+    models: Any  # _Models, or what answers `current(fleet)` in tests
+    drift: FleetDrift | None
+    decoder: FrameDecoder
 
-    @router.get("/me", summary="Who this token is: the device id and its fleet.")
-    def me(dev: Device = Depends(device)) -> dict:
-        return {"id": dev.id, "fleet": dev.fleet}
 
-    @router.get("/model", response_model=ModelInfo, summary="The production model this device's fleet should run.")
-    def current_model(fleet: str | None = None, dev: Device = Depends(device)) -> ModelInfo:
-        if fleet and fleet != dev.fleet:
-            raise HTTPException(403, detail=f"device '{dev.id}' belongs to fleet '{dev.fleet}', not '{fleet}'")
-        return models.current(dev.fleet)[0]
+def vision_api(ctx: AppContext = Depends(app_context)) -> VisionApi:
+    return ctx.services["vision"]
 
-    @router.get("/model/download", summary="Download the fleet's production model file.")
-    def download(
-        version: str, precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"), dev: Device = Depends(device)
-    ):
-        info, path = models.current(dev.fleet)
-        if version != info.version or precision != info.precision:
-            raise HTTPException(
-                404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'"
-            )
-        ctx.metrics.record_download(dev.fleet, info.version)
-        return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
 
-    @router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
-    def upload_frame(
-        image: UploadFile = File(...),
-        meta: str = Form(
-            ..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"
-        ),
-        dev: Device = Depends(device),
-    ):
+router = APIRouter(prefix="/v1/devices", tags=["edge devices"], responses=DEVICE_ONLY)
+
+
+@router.get("/me", summary="Who this token is: the device id and its fleet.")
+def me(dev: Device = Depends(require_device), api: VisionApi = Depends(vision_api)) -> dict:
+    return {"id": dev.id, "fleet": dev.fleet}
+
+
+@router.get("/model", response_model=ModelInfo, summary="The production model this device's fleet should run.")
+def current_model(
+    fleet: str | None = None, dev: Device = Depends(require_device), api: VisionApi = Depends(vision_api)
+) -> ModelInfo:
+    if fleet and fleet != dev.fleet:
+        raise HTTPException(403, detail=f"device '{dev.id}' belongs to fleet '{dev.fleet}', not '{fleet}'")
+    return api.models.current(dev.fleet)[0]
+
+
+@router.get("/model/download", summary="Download the fleet's production model file.")
+def download(
+    version: str,
+    precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"),
+    dev: Device = Depends(require_device),
+    api: VisionApi = Depends(vision_api),
+):
+    info, path = api.models.current(dev.fleet)
+    if version != info.version or precision != info.precision:
+        raise HTTPException(
+            404, detail=f"version {version} ({precision}) is not the production model of fleet '{dev.fleet}'"
+        )
+    api.ctx.metrics.record_download(dev.fleet, info.version)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
+
+
+@router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
+def upload_frame(
+    image: UploadFile = File(...),
+    meta: str = Form(
+        ..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"
+    ),
+    dev: Device = Depends(require_device),
+    api: VisionApi = Depends(vision_api),
+):
+    try:
+        fm = FrameMeta.model_validate_json(meta)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = ".".join(str(p) for p in err["loc"]) or "meta"
+        raise HTTPException(422, detail=f"meta: field '{field}' {_sentence_case(err['msg'])}") from exc
+    if fm.device_id != dev.id:
+        raise HTTPException(403, detail=f"this token belongs to device '{dev.id}', not '{fm.device_id}'")
+    limit = api.ctx.settings.frame_max_bytes
+    data = image.file.read(limit + 1)
+    if len(data) > limit:
+        raise HTTPException(413, detail=f"frame is over the limit of {limit:,} bytes")
+    kind = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
+    if kind is None:
+        raise HTTPException(415, detail="frame must be a JPEG or PNG image")
+    h, w = api.decoder.size(data)
+    key = f"{dev.id}/{fm.frame_id}"
+    ext = "jpg" if kind == "image/jpeg" else "png"
+    sha = hashlib.sha256(data).hexdigest()
+    record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h, "sha256": sha}
+    if not _store_once(api.frames, key, data, sha, record):
+        return JSONResponse({"id": key, "duplicate": True}, status_code=200)
+    api.ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
+    if api.drift is not None:
         try:
-            fm = FrameMeta.model_validate_json(meta)
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"]) or "meta"
-            raise HTTPException(422, detail=f"meta: field '{field}' {_sentence_case(err['msg'])}") from exc
-        if fm.device_id != dev.id:
-            raise HTTPException(403, detail=f"this token belongs to device '{dev.id}', not '{fm.device_id}'")
-        limit = ctx.settings.frame_max_bytes
-        data = image.file.read(limit + 1)
-        if len(data) > limit:
-            raise HTTPException(413, detail=f"frame is over the limit of {limit:,} bytes")
-        kind = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
-        if kind is None:
-            raise HTTPException(415, detail="frame must be a JPEG or PNG image")
-        h, w = decoder.size(data)
-        key = f"{dev.id}/{fm.frame_id}"
-        ext = "jpg" if kind == "image/jpeg" else "png"
-        sha = hashlib.sha256(data).hexdigest()
-        record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h, "sha256": sha}
-        if not _store_once(frames, key, data, sha, record):
-            return JSONResponse({"id": key, "duplicate": True}, status_code=200)
-        ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
-        if drift is not None:
-            try:
-                drift.feed(dev.id, dev.fleet, fm.metrics)
-            except Exception:  # monitoring must never refuse a frame
-                log.exception("drift counts of frame %s from %s not recorded", fm.frame_id, dev.id)
-        log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)
-        return {"id": key, "duplicate": False}
-
-    return router
+            api.drift.feed(dev.id, dev.fleet, fm.metrics)
+        except Exception:  # monitoring must never refuse a frame
+            log.exception("drift counts of frame %s from %s not recorded", fm.frame_id, dev.id)
+    log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)
+    return {"id": key, "duplicate": False}
 
 
 def _sentence_case(message: str) -> str:
@@ -391,24 +403,29 @@ class FrameDecoder:
         return shape[0], shape[1]
 
 
+def attach(ctx: AppContext, *, frames: ObjectStore, models: Any, drift: FleetDrift | None = None) -> VisionApi:
+    """Give the device routes what they depend on; `models` answers `current(fleet) -> (ModelInfo, path)`."""
+    api = ctx.services["vision"] = VisionApi(
+        ctx=ctx,
+        frames=frames,
+        models=models,
+        drift=drift,
+        decoder=FrameDecoder(ctx.settings.frame_max_pixels, ctx.settings.frame_decode_concurrency),
+    )
+    return api
+
+
 def plugin(
     ctx: AppContext, *, devices: DeviceRegistry | None = None, registry=None, drift: DriftMonitor | None = None
 ) -> ApiPlugin:
-    """Entry point of the `loopline.api` group."""
-    devs = devices if devices is not None else DeviceRegistry.from_file(ctx.settings.resolved_devices_file)
-    frames = LocalObjectStore(ctx.settings.home / "frames")
+    """Entry point of the `loopline.api` group; tests pass `devices`, a `registry` and a `drift` monitor."""
+    if devices is not None:
+        ctx.devices = devices
     models = _Models(ctx, registry)
-    store: MetadataStore | None = None
-    if drift is None:
-        ctx.settings.ensure_home()
-        store = MetadataStore(ctx.settings.resolved_database_url)
-        drift = DriftMonitor(store)
 
     def production(fleet: str) -> str | None:
         mv = models.registry.production(fleet)
         return mv.version if mv is not None else None
 
-    router = build_router(ctx, devs, frames, models, FleetDrift(drift, production))
-    return ApiPlugin(
-        name="vision", router=router, ready=lambda: {"devices": len(devs)}, close=store.close if store else lambda: None
-    )
+    attach(ctx, frames=ctx.objects.scoped("frames"), models=models, drift=FleetDrift(drift or ctx.drift, production))
+    return ApiPlugin(name="vision", router=router, ready=lambda: {"devices": len(ctx.devices)})

@@ -69,28 +69,28 @@ class ParseWorker:
             if self._stopped.is_set():
                 raise Cancelled("the parse worker is stopped (the service is shutting down)")
             conn = self._ensure_child()
-            conn.send((fn, args))
-            deadline = time.monotonic() + self.timeout_s
-            while not conn.poll(_POLL_S):
-                if self._stopped.is_set():
-                    self._kill()
-                    raise Cancelled("parsing abandoned: the service is shutting down")
-                if not self._process.is_alive():  # type: ignore[union-attr]
-                    code = self._process.exitcode  # type: ignore[union-attr]
-                    self._kill()
-                    raise Rejected(
-                        f"the parser process died (exit code {code}); the file may need more memory than is available"
-                    )
-                if time.monotonic() > deadline:
-                    self._kill()
-                    raise Rejected(
-                        f"took longer than {self.timeout_s:g} s to load and chunk (raise {self.limit_name} to allow more)"
-                    )
             try:
+                conn.send((fn, args))
+                deadline = time.monotonic() + self.timeout_s
+                while not conn.poll(_POLL_S):
+                    if self._stopped.is_set():
+                        self._kill()
+                        raise Cancelled("parsing abandoned: the service is shutting down")
+                    if not self._process.is_alive():  # type: ignore[union-attr]
+                        raise EOFError
+                    if time.monotonic() > deadline:
+                        self._kill()
+                        raise Rejected(
+                            f"took longer than {self.timeout_s:g} s to load and chunk (raise {self.limit_name} to allow more)"
+                        )
                 status, value = conn.recv()
-            except EOFError:
+            except (EOFError, OSError):  # the child died: out of memory, or it could not even start
+                code = self._process.exitcode if self._process is not None else None
                 self._kill()
-                raise Rejected("the parser process died while answering") from None
+                log.error("the parse worker died (exit code %s); its error output is above", code)
+                raise Rejected(
+                    f"the parser process died (exit code {code}); the file may need more memory than is available"
+                ) from None
         if status == "error":
             raise value
         return value

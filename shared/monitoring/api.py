@@ -13,15 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends
 
 from shared.auth import Principal
-from shared.metadata.store import MetadataStore
-from shared.monitoring.alert_store import AlertStore
+from shared.context import ApiPlugin, AppContext
+from shared.dependencies import ADMIN_ONLY, app_context, require_admin
 from shared.monitoring.rules import CheckReport, Monitor
 from shared.monitoring.status import monitoring_status
-from shared.server import ApiPlugin, AppContext
 
 log = logging.getLogger(__name__)
 
@@ -67,61 +67,56 @@ class PeriodicCheck:
         return self._thread.is_alive()
 
 
-def plugin(
-    ctx: AppContext,
-    *,
-    store: MetadataStore | None = None,
-    monitor: Monitor | None = None,
-    interval_s: float | None = None,
-) -> ApiPlugin:
-    """Entry point of the `loopline.api` group; `store`, `monitor`, `interval_s` override for tests."""
+@dataclass
+class MonitoringApi:
+    """What the monitoring routes depend on: the configured checks, run one at a time."""
+
+    ctx: AppContext
+    monitor: Monitor
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def check(self) -> CheckReport:
+        with self.lock:
+            return self.monitor.check()
+
+
+def monitoring_api(ctx: AppContext = Depends(app_context)) -> MonitoringApi:
+    return ctx.services["monitoring"]
+
+
+router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], responses=ADMIN_ONLY)
+
+
+@router.get("/status", summary="Drift per stream and feature, freshness, recent runs, open alerts (admins).")
+def status(who: Principal = Depends(require_admin), api: MonitoringApi = Depends(monitoring_api)) -> dict:
+    return monitoring_status(api.ctx.metadata, settings=api.ctx.settings, config=api.monitor.config)
+
+
+@router.post("/check", response_model=CheckReport, summary="Run the monitoring rules now (admins).")
+def check(who: Principal = Depends(require_admin), api: MonitoringApi = Depends(monitoring_api)) -> CheckReport:
+    log.info("user %s ran the monitoring checks", who.name)
+    return api.check()
+
+
+def plugin(ctx: AppContext, *, monitor: Monitor | None = None, interval_s: float | None = None) -> ApiPlugin:
+    """Entry point of the `loopline.api` group; `monitor` and `interval_s` override for tests."""
     settings = ctx.settings
-    owns_store = store is None
-    if store is None:
-        settings.ensure_home()
-        store = MetadataStore(settings.resolved_database_url)
-    owns_monitor = monitor is None
     stopping = threading.Event()
-    mon = monitor or Monitor.from_settings(settings, store, sleep=stopping.wait)
-    alerts = AlertStore(store)
-    check_lock = threading.Lock()
-
-    def run_check() -> CheckReport:
-        with check_lock:
-            return mon.check()
-
-    def admin(request: Request) -> Principal:
-        who = ctx.authenticate(request)
-        if not who.admin:
-            raise HTTPException(403, detail=f"user '{who.name}' is not an admin; monitoring is for admins")
-        return who
-
-    router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"])
-
-    @router.get("/status", summary="Drift per stream and feature, freshness, recent runs, open alerts (admins).")
-    def status(who: Principal = Depends(admin)) -> dict:
-        return monitoring_status(store, settings=settings, config=mon.config)
-
-    @router.post("/check", response_model=CheckReport, summary="Run the monitoring rules now (admins).")
-    def check(who: Principal = Depends(admin)) -> CheckReport:
-        log.info("user %s ran the monitoring checks", who.name)
-        return run_check()
-
+    mon = monitor or Monitor.from_settings(settings, ctx.metadata, sleep=stopping.wait)
+    api = ctx.services["monitoring"] = MonitoringApi(ctx, mon)
     every = settings.monitor_interval_s if interval_s is None else interval_s
-    periodic = PeriodicCheck(run_check, every, stop=stopping).start() if every > 0 else None
+    periodic = PeriodicCheck(api.check, every, stop=stopping).start() if every > 0 else None
     if periodic:
         log.info("monitoring checks run every %.0fs", every)
 
     def ready() -> dict:
-        return {"open_alerts": len(alerts.open_alerts()), "background_checks": bool(periodic and periodic.running)}
+        return {"open_alerts": len(ctx.alerts.open_alerts()), "background_checks": bool(periodic and periodic.running)}
 
     def close() -> None:
         stopping.set()
         if periodic:
             periodic.stop()
-        if owns_monitor:
+        if monitor is None:
             mon.close()
-        if owns_store:
-            store.close()
 
-    return ApiPlugin(name="monitoring", router=router, ready=ready, close=close)
+    return ApiPlugin(name="monitoring", router=router, ready=ready, stop=stopping.set, close=close)

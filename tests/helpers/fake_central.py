@@ -303,16 +303,20 @@ def real_device_api(
     from fastapi import FastAPI
     from live_server import serve_in_thread
 
+    from shared.auth import Device, DeviceRegistry
     from shared.config import Settings
     from shared.metrics import ServiceMetrics
     from shared.objectstore import LocalObjectStore
-    from vision.devices import Device, DeviceRegistry
 
     devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
     store = LocalObjectStore(frames_dir)
     settings = settings or Settings(home=frames_dir.parent / "central-home", frame_max_bytes=8_000_000)
-    ctx = SimpleNamespace(settings=settings, metrics=metrics or ServiceMetrics(enabled=False))
+    ctx = SimpleNamespace(
+        settings=settings, metrics=metrics or ServiceMetrics(enabled=False), devices=devices, services={}
+    )
     app = FastAPI()
-    app.include_router(api.build_router(ctx, devices, store, models))
+    app.state.ctx = ctx
+    api.attach(ctx, frames=store, models=models)
+    app.include_router(api.router)
     with serve_in_thread(app) as url:
         yield url, store

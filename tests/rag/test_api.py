@@ -657,7 +657,7 @@ def test_sync_indexes_updates_and_deletes(make_service, tmp_path: Path) -> None:
 
 # --- feedback -------------------------------------------------------------------------
 def test_feedback_is_stored_with_the_user(world: World) -> None:
-    n_before = len(world.svc.metadata.feedback(limit=1000))
+    n_before = len(world.svc.feedback.recent(limit=1000))
     r = world.client.post(
         "/v1/feedback",
         json={"question": "How many vacation days?", "answer": "27 days [1]", "rating": 4, "comment": "clear"},
@@ -665,7 +665,7 @@ def test_feedback_is_stored_with_the_user(world: World) -> None:
     )
     assert r.status_code == 201, r.text
     fid = r.json()["id"]
-    stored = {f.id: f for f in world.svc.metadata.feedback(limit=1000)}
+    stored = {f.id: f for f in world.svc.feedback.recent(limit=1000)}
     assert len(stored) == n_before + 1
     fb = stored[fid]
     assert (fb.user, fb.question, fb.answer, fb.rating, fb.comment) == (
@@ -677,7 +677,7 @@ def test_feedback_is_stored_with_the_user(world: World) -> None:
     )
     r = world.client.post("/v1/feedback", json={"question": "q", "rating": -1}, headers=hdr("ada"))
     assert r.status_code == 201
-    assert {f.id: f for f in world.svc.metadata.feedback(limit=1000)}[r.json()["id"]].user == "ada"
+    assert {f.id: f for f in world.svc.feedback.recent(limit=1000)}[r.json()["id"]].user == "ada"
 
 
 @pytest.mark.parametrize(
@@ -691,7 +691,7 @@ def test_feedback_is_stored_with_the_user(world: World) -> None:
     ],
 )
 def test_bad_feedback_is_rejected(world: World, body: dict) -> None:
-    n_before = len(world.svc.metadata.feedback(limit=1000))
+    n_before = len(world.svc.feedback.recent(limit=1000))
     r = world.client.post("/v1/feedback", json=body, headers=hdr("ada"))
     assert r.status_code == 422, r.text
-    assert len(world.svc.metadata.feedback(limit=1000)) == n_before
+    assert len(world.svc.feedback.recent(limit=1000)) == n_before

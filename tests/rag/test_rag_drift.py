@@ -133,12 +133,13 @@ def test_the_api_records_through_a_buffer_written_when_the_service_closes(servic
 def test_the_api_asks_for_a_reference_for_its_models(tmp_path: Path) -> None:
     import rag.api
     from shared.auth import KeyRegistry
-    from shared.server import AppContext
+    from shared.context import AppContext
 
     settings = Settings(home=tmp_path / "home")
     for _ in range(2):  # a restart with the same models asks nothing new
-        plugin = rag.api.plugin(AppContext(settings=settings, keys=KeyRegistry([])))
-        plugin.close()
+        ctx = AppContext.build(settings, keys=KeyRegistry([]), metrics=False)
+        ctx.plugins.append(rag.api.plugin(ctx))
+        ctx.close()
     monitor = DriftMonitor(MetadataStore(settings.resolved_database_url))
     requests = monitor.drift_store.open_requests(DRIFT_STREAM)
     assert [r.label for r in requests] == [drift_reference_label(settings)]

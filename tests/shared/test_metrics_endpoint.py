@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import APIRouter, Depends, HTTPException, Request
+from fastapi import APIRouter, Depends, HTTPException
 from fastapi.testclient import TestClient
 from live_server import serve_in_thread
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -20,6 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from shared.auth import KeyRegistry, Principal, UserEntry
 from shared.config import Settings
+from shared.dependencies import require_user
 from shared.metadata.store import MetadataStore
 from shared.metrics import OTHER, UNMATCHED_ROUTE, ServiceMetrics
 from shared.server import ApiPlugin, AppContext, create_app
@@ -31,11 +32,8 @@ DURATION = "loopline_http_request_duration_seconds"
 def items_plugin(ctx: AppContext) -> ApiPlugin:
     router = APIRouter(prefix="/v1")
 
-    def caller(request: Request) -> Principal:
-        return ctx.authenticate(request)
-
     @router.get("/items/{item_id}")
-    def item(item_id: str, who: Principal = Depends(caller)) -> dict:  # noqa: B008 - FastAPI style
+    def item(item_id: str, who: Principal = Depends(require_user)) -> dict:
         if item_id == "missing":
             raise HTTPException(404, detail="no such item")
         return {"id": item_id, "user": who.name}
@@ -149,16 +147,19 @@ def test_scraped_over_http_from_a_real_server(tmp_path: Path) -> None:
     assert value(page.text, "loopline_abstentions_total") == 0
 
 
-def test_a_scrape_survives_an_unreachable_monitoring_store(tmp_path: Path) -> None:
-    """Drift and freshness come from the database at scrape time; if it fails, the rest still shows."""
-    blocker = tmp_path / "not-a-folder"
-    blocker.write_text("a file where the database folder should be")
-    bad_url = f"sqlite:///{blocker / 'metadata.db'}"
-    app = make_app(tmp_path, settings={"database_url": bad_url})
+def test_a_scrape_survives_a_monitoring_store_that_fails(tmp_path: Path) -> None:
+    """Drift and freshness come from the database at scrape time; if reading it fails, the rest still shows."""
+    import sqlite3
+
+    app = make_app(tmp_path)
+    db = tmp_path / "home" / "metadata.db"
     with TestClient(app) as client:
         client.get("/healthz")
+        with sqlite3.connect(db) as conn:  # the tables the scrape reads are gone under the running service
+            for table in ("ingest_runs", "drift_buckets", "drift_references"):
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
         page = scrape(client)
-        assert scrape(client)  # and again: a failed open is retried, not cached as broken
+        assert scrape(client)  # and again: a failed read is retried, not cached as broken
     assert value(page, f"{DURATION}_count", method="GET", route="/healthz", status="200") == 1
     names = {f.name for f in text_string_to_metric_families(page)}
     assert {"loopline_drift_psi", "loopline_source_freshness_age_seconds"} <= names

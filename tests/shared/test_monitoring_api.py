@@ -42,9 +42,9 @@ def app_for(store: MetadataStore, tmp_path: Path, interval_s: float = 0):
     settings = Settings(home=tmp_path / "home")
 
     def plugin(ctx):  # noqa: ANN001, ANN202
-        return shared.monitoring.api.plugin(ctx, store=store, interval_s=interval_s)
+        return shared.monitoring.api.plugin(ctx, interval_s=interval_s)
 
-    return create_app(settings, plugins=[plugin], keys=keys())
+    return create_app(settings, plugins=[plugin], keys=keys(), metadata=store)
 
 
 def test_status_is_for_admins_only(store: MetadataStore, tmp_path: Path) -> None:

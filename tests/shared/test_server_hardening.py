@@ -9,6 +9,7 @@ from fastapi.testclient import TestClient
 
 from shared.auth import KeyRegistry, UserEntry
 from shared.config import Settings
+from shared.dependencies import require_user
 from shared.server import ApiPlugin, AppContext, create_app
 
 
@@ -17,7 +18,7 @@ def _app(tmp_path: Path, *, ready=lambda: {}) -> TestClient:  # noqa: ANN001
         router = APIRouter()
 
         @router.post("/v1/echo")
-        async def echo(request: Request, who=Depends(ctx.authenticate)) -> dict:  # noqa: ANN001
+        async def echo(request: Request, who=Depends(require_user)) -> dict:  # noqa: ANN001
             return {"user": who.name, "bytes": len(await request.body())}
 
         return ApiPlugin(name="echo", router=router, ready=ready)

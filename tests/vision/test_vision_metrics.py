@@ -68,10 +68,10 @@ def client(tmp_path: Path):
     devices = DeviceRegistry([Device(id=d, fleet=FLEETS[d], token=t) for d, t in TOKENS.items()])
 
     def plugin(ctx: AppContext) -> ApiPlugin:
-        frames = LocalObjectStore(tmp_path / "frames")
-        return ApiPlugin(name="vision", router=vision.api.build_router(ctx, devices, frames, FleetModels(model)))
+        vision.api.attach(ctx, frames=LocalObjectStore(tmp_path / "frames"), models=FleetModels(model))
+        return ApiPlugin(name="vision", router=vision.api.router)
 
-    app = create_app(Settings(home=tmp_path / "home"), plugins=[plugin], keys=KeyRegistry([]))
+    app = create_app(Settings(home=tmp_path / "home"), plugins=[plugin], keys=KeyRegistry([]), devices=devices)
     with TestClient(app) as c:
         yield c
 
