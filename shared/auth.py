@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PUBLIC_GROUP = "public"
 LOCAL_ADMIN = "local-admin"
@@ -69,6 +69,8 @@ class Principal(BaseModel):
 
 
 class UserEntry(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a typo (`group:`) must not silently drop a user's groups
+
     name: str = Field(min_length=1)
     key: str | None = Field(None, min_length=8)
     key_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
@@ -86,6 +88,8 @@ class UserEntry(BaseModel):
 
 
 class ApiKeysFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     users: list[UserEntry] = Field(default_factory=list)
 
 
@@ -160,6 +164,8 @@ def request_secret(headers: Mapping[str, str]) -> str | None:
 
 # --- devices ----------------------------------------------------------------------------
 class Device(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     fleet: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
     token: str | None = Field(None, min_length=16)
@@ -176,6 +182,8 @@ class Device(BaseModel):
 
 
 class DevicesFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     devices: list[Device] = Field(default_factory=list)
 
 
