@@ -2,20 +2,28 @@
 
 When a `loopline serve` owns the embedded stores, these commands hand their work to it
 over HTTP (with the local admin token of service.json) instead of failing on the lock.
-Output contract: `--json` prints one JSON object (per question with `--batch`).
+Output contract: `--json` prints one JSON object (per question with `--batch`). A local
+ingest shows a progress bar on stderr when stderr is a terminal and `--json` is not given
+(`--progress/--no-progress` decide otherwise); stdout carries only the run summary.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from shared.config import Settings
+
+if TYPE_CHECKING:
+    from rag.service import RagService
+    from shared.ingestion import RunSummary
 
 
 def _split_groups(raw: str | None) -> list[str]:
@@ -80,37 +88,68 @@ def rag() -> None:
     """Document Q&A: ingest folders, ask questions with citations."""
 
 
+class _IngestBar:
+    """A progress callback drawing files done/total, chunks so far and chunks/s on stderr."""
+
+    FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} files [{elapsed}<{remaining}{postfix}]"
+
+    def __init__(self, label: str) -> None:
+        from tqdm import tqdm
+
+        # Until the first report (model loaded, files hashed) there is nothing to count yet.
+        self.bar = tqdm(desc=label, bar_format="{desc}: scanning …", file=sys.stderr, smoothing=0)
+        self.started: float | None = None
+
+    def __call__(self, done: int, total: int, chunks: int) -> None:
+        now = time.perf_counter()
+        if self.started is None:
+            # Rates count from here: files found unchanged (or unreadable) are not work done.
+            self.started = now
+            self.bar.reset(total=total)
+            self.bar.bar_format = self.FORMAT
+            self.bar.initial = done
+        self.bar.n = done
+        elapsed = now - self.started
+        rate = f", {chunks / elapsed:.1f} chunks/s" if elapsed > 0 and chunks else ""
+        self.bar.set_postfix_str(f"{chunks:,} chunks{rate}", refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _progress_wanted(flag: bool | None, as_json: bool) -> bool:
+    """As asked; by default only for a person: stderr is a terminal and the output is not --json."""
+    return flag if flag is not None else not as_json and sys.stderr.isatty()
+
+
 @rag.command()
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option(
     "--groups", default="public", show_default=True, help="Comma-separated groups that may read these documents."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the run summary as JSON.")
-def ingest(path: Path, groups: str, as_json: bool) -> None:
+@click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show a progress bar on stderr (default: when stderr is a terminal and --json is not given).",
+)
+def ingest(path: Path, groups: str, as_json: bool, progress: bool | None) -> None:
     """Ingest a file or (re-)sync a folder tree into the index.
 
     Unchanged documents are skipped, changed ones replaced, files removed from the folder
     leave the index; broken files are reported as dead letters and the rest goes on.
     """
-    from tqdm import tqdm
-
     settings = Settings()
     group_list = _split_groups(groups)
+    show = _progress_wanted(progress, as_json)
     with open_backend(settings) as (kind, backend):
         if kind == "remote":
+            if show:
+                click.echo("the service runs the ingest; its summary follows when the run ends", err=True)
             summary = backend.ingest(path, group_list)  # type: ignore[attr-defined]
         else:
-            bar = tqdm(total=0, unit="doc", desc="ingest", disable=not sys.stderr.isatty(), file=sys.stderr)
-
-            def progress(done: int, total: int) -> None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
-
-            try:
-                run = backend.ingest(path, group_list, progress=progress)  # type: ignore[attr-defined]
-            finally:
-                bar.close()
+            run = _ingest_here(backend, path, group_list, show)
             summary = {
                 "run_id": run.run_id,
                 "source": run.source,
@@ -129,6 +168,20 @@ def ingest(path: Path, groups: str, as_json: bool) -> None:
     )
     for dl in summary["dead_letters"]:
         click.echo(f"  dead letter: {dl['path']}: {dl['reason']}")
+
+
+def _ingest_here(service: RagService, path: Path, groups: list[str], show: bool) -> RunSummary:
+    """Run the ingest in this process, with a progress bar when `show`."""
+    if not show:
+        return service.ingest(path, groups)
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    bar = _IngestBar(f"ingest {path.resolve().name or path}")
+    try:
+        with logging_redirect_tqdm():  # dead-letter warnings print above the bar, not through it
+            return service.ingest(path, groups, progress=bar)
+    finally:
+        bar.close()
 
 
 @rag.command()

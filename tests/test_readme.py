@@ -94,15 +94,17 @@ def test_the_checks_catch_mistakes() -> None:
         "loopline rag ingest --group x docs   # --bogus\n"
         "loopline vision exprt 1\n"
         "loopline vision export\n"
+        "loopline edge agent --central http://c:8000 --token t --device-id d --source 0 --home h\n"
         "curl -s -X PUT localhost:8000/v1/documents/ID \\\n"
         "     -d '{}'\n"
         "```\n"
     )
-    ingest, typo, export, curl = [c for b in fenced_blocks(text) for c in block_commands(b)]
+    ingest, typo, export, agent, curl = [c for b in fenced_blocks(text) for c in block_commands(b)]
     assert "No such option '--group'" in resolve(main, "loopline", list(ingest.words[1:]))[2][0]
     assert comment_options(ingest) == ["--bogus"]
     assert "no sub-command 'exprt'" in resolve(main, "loopline", list(typo.words[1:]))[2][0]
     assert "missing argument VERSION" in resolve(main, "loopline", list(export.words[1:]))[2][0]
+    assert "missing option --fleet" in resolve(main, "loopline", list(agent.words[1:]))[2][0]
     assert curl_request(list(curl.words[1:])) == ("PUT", "/v1/documents/ID")
     with pytest.raises(ImportError):
         module_command("evaluation.no_such_benchmark")

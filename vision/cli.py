@@ -1,6 +1,8 @@
 """`loopline vision …`: datasets, training, export, evaluation, promotion.
 
-Names and JSON fields here are a contract used by outside checks.
+Names and JSON fields here are a contract used by outside checks. Stdout carries the result
+only; progress (training epochs, export steps) goes to stderr, when stderr is a terminal or
+`--progress` asks for it (`--json` does not silence it: stdout stays one JSON object).
 """
 
 from __future__ import annotations
@@ -8,20 +10,68 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from shared.config import Settings
 from vision.registry import fleet_alias
 
+if TYPE_CHECKING:
+    from vision.release import Step
+    from vision.training import EpochReport
+
 log = logging.getLogger(__name__)
+
+progress_option = click.option(
+    "--progress/--no-progress",
+    default=None,
+    help="Show progress on stderr (default: when stderr is a terminal).",
+)
+
+
+def _progress_wanted(flag: bool | None) -> bool:
+    """As asked; by default when stderr is a terminal (a person watches), --json or not."""
+    return sys.stderr.isatty() if flag is None else flag
 
 
 def _echo(obj: dict, as_json: bool, text: str) -> None:
     click.echo(json.dumps(obj, default=str) if as_json else text)
+
+
+def _epoch_printer() -> Callable[[EpochReport], None]:
+    """One stderr line per finished epoch: losses, mAP on val, its time and the time left."""
+    seconds: list[float] = []
+
+    def show(r: EpochReport) -> None:
+        seconds.append(r.seconds)
+        losses = "  ".join(f"{k} {v:.3f}" for k, v in r.losses.items())
+        if r.map50 is None or r.map50_95 is None:
+            scores = "mAP50 -  mAP50-95 -"
+        else:
+            scores = f"mAP50 {r.map50:.3f}  mAP50-95 {r.map50_95:.3f}"
+        left = (r.epochs - r.epoch) * sum(seconds) / len(seconds)
+        eta = f", {_duration(left)} left" if r.epoch < r.epochs else ""
+        width = len(str(r.epochs))
+        click.echo(f"epoch {r.epoch:>{width}}/{r.epochs}  {losses}  {scores}  ({r.seconds:.1f}s{eta})", err=True)
+
+    return show
+
+
+def _print_step(step: Step) -> None:
+    head = f"[{step.n}/{step.total}] {step.name}"
+    if step.seconds is None:
+        click.echo(f"{head} …", err=True)
+    else:
+        click.echo(f"{head}: {step.result or 'done'} ({step.seconds:.1f}s)", err=True)
+
+
+def _duration(seconds: float) -> str:
+    m, s = divmod(round(seconds), 60)
+    return f"{m}m{s:02d}s" if m else f"{s}s"
 
 
 @contextmanager
@@ -107,10 +157,22 @@ def snapshot_cmd(data: Path, as_json: bool) -> None:
 @click.option("--seed", default=0, show_default=True)
 @click.option("--from", "from_version", default=None, help="Fine-tune this registered version (number or alias).")
 @click.option("--json", "as_json", is_flag=True, help="Print {version, weights, metrics}.")
+@progress_option
 def train(
-    data: Path, model: str, epochs: int, imgsz: int, batch: int, seed: int, from_version: str | None, as_json: bool
+    data: Path,
+    model: str,
+    epochs: int,
+    imgsz: int,
+    batch: int,
+    seed: int,
+    from_version: str | None,
+    as_json: bool,
+    progress: bool | None,
 ) -> None:
-    """Train a detector, record the run in MLflow and register a new version (alias candidate)."""
+    """Train a detector, record the run in MLflow and register a new version (alias candidate).
+
+    Each epoch's mean losses (box, cls, dfl) and mAP50 / mAP50-95 on val go to stderr as it ends.
+    """
     from vision.training import train_detector
 
     settings = Settings()
@@ -128,6 +190,7 @@ def train(
             batch=batch,
             from_version=from_version,
             seed=seed,
+            on_epoch=_epoch_printer() if _progress_wanted(progress) else None,
         )
     _echo(
         res.to_json(),
@@ -148,15 +211,27 @@ def train(
     help="data.yaml (default: the one it was trained on).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print {version, onnx: {precision: path}, …}.")
-def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json: bool) -> None:
-    """Export VERSION to ONNX; each variant is scored and timed, the preferred one marked."""
+@progress_option
+def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json: bool, progress: bool | None) -> None:
+    """Export VERSION to ONNX; each variant is scored and timed, the preferred one marked.
+
+    Each step (export, quantize, convert, score, time, choose) goes to stderr as it starts and ends.
+    """
     from vision.release import export_version
 
     settings = Settings()
     _, registry = _stores(settings)
     try:
         with _stdout_to_stderr():
-            out = export_version(settings, registry, version, int8=int8, fp16=fp16, data_yaml=data)
+            out = export_version(
+                settings,
+                registry,
+                version,
+                int8=int8,
+                fp16=fp16,
+                data_yaml=data,
+                on_step=_print_step if _progress_wanted(progress) else None,
+            )
     except (LookupError, FileNotFoundError) as exc:
         raise click.ClickException(str(exc)) from exc
     lines = [f"version {out['version']} (preferred: {out['preferred']})"]

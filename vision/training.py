@@ -12,6 +12,8 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,11 +43,59 @@ class TrainResult:
         }
 
 
+@dataclass(frozen=True)
+class EpochReport:
+    """One finished training epoch, as ultralytics' trainer knows it at `on_fit_epoch_end`."""
+
+    epoch: int  # 1-based
+    epochs: int
+    losses: dict[str, float]  # mean training losses of the epoch: box, cls, dfl
+    map50: float | None  # on the validation split (None when the epoch was not validated)
+    map50_95: float | None
+    seconds: float
+
+
+def epoch_report(trainer) -> EpochReport:  # noqa: ANN001
+    """Read an EpochReport off an ultralytics trainer (its running losses and last metrics)."""
+    losses = {k.removesuffix("_loss"): float(v) for k, v in (trainer.tloss or {}).items()}
+    metrics = trainer.metrics or {}
+    m50, m5095 = metrics.get("metrics/mAP50(B)"), metrics.get("metrics/mAP50-95(B)")
+    return EpochReport(
+        epoch=trainer.epoch + 1,
+        epochs=trainer.epochs,
+        losses=losses,
+        map50=None if m50 is None else float(m50),
+        map50_95=None if m5095 is None else float(m5095),
+        seconds=float(getattr(trainer, "epoch_time", None) or 0.0),
+    )
+
+
+@contextmanager
+def quiet_ultralytics() -> Iterator[None]:
+    """Keep ultralytics' per-batch bars and metric tables off the console, as YOLO_VERBOSE says.
+
+    prepare_ultralytics sets YOLO_VERBOSE=False, but ultralytics reads it once, on its first
+    import: imported earlier (a test session, a notebook), it would draw every batch. Its bars
+    and info lines also follow its logger's level, which is set here; warnings still show.
+    """
+    if os.environ.get("YOLO_VERBOSE", "").lower() in {"1", "true"}:
+        yield
+        return
+    logger = logging.getLogger("ultralytics")
+    before = logger.level
+    logger.setLevel(max(before, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
 def model_dir(settings: Settings, version: str) -> Path:
     """Where a version's weights and exported models live under LOOPLINE_HOME."""
     return settings.home / "models" / f"v{version}"
 
 
+@quiet_ultralytics()
 def train_detector(
     settings: Settings,
     store: MetadataStore,
@@ -59,7 +109,9 @@ def train_detector(
     from_version: str | None = None,
     seed: int = 0,
     patience: int = 100,
+    on_epoch: Callable[[EpochReport], None] | None = None,
 ) -> TrainResult:
+    """Train, evaluate on val, record and register; `on_epoch` hears of each finished epoch."""
     prepare_ultralytics(settings.home, settings.train_threads)
     import torch
 
@@ -102,6 +154,8 @@ def train_detector(
 
         yolo.add_callback("on_pretrain_routine_end", use_all_threads)
         yolo.add_callback("on_train_epoch_start", use_all_threads)
+        if on_epoch is not None:
+            _report_epochs(yolo, on_epoch)
         yolo.train(
             data=str(dataset.data_yaml),
             epochs=epochs,
@@ -157,3 +211,26 @@ def train_detector(
     except BaseException as exc:
         store.finish_run(run_id, status="failed", error=f"{type(exc).__name__}: {exc}", failed=1)
         raise
+
+
+def _report_epochs(yolo, on_epoch: Callable[[EpochReport], None]) -> None:  # noqa: ANN001
+    """Call `on_epoch` once per training epoch, from ultralytics' own callbacks.
+
+    `on_fit_epoch_end` also fires once more after training, for the final validation of
+    best.pt (with the epoch counter moved past the last one); only the callbacks that follow
+    a training epoch (`on_train_epoch_end`) are reported.
+    """
+    trained = False
+
+    def epoch_trained(_trainer) -> None:  # noqa: ANN001
+        nonlocal trained
+        trained = True
+
+    def epoch_done(trainer) -> None:  # noqa: ANN001
+        nonlocal trained
+        if trained:
+            trained = False
+            on_epoch(epoch_report(trainer))
+
+    yolo.add_callback("on_train_epoch_end", epoch_trained)
+    yolo.add_callback("on_fit_epoch_end", epoch_done)

@@ -21,6 +21,10 @@ from shared.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
 
+ProgressCallback = Callable[[int, int, int], None]
+"""`progress(done, total, units)`: files handled so far (indexed, unchanged or dead-lettered),
+files in the run, and chunks (boxes, …) committed so far in this run."""
+
 
 class Rejected(Exception):
     """An item that cannot be indexed; it becomes a dead letter and the batch goes on."""
@@ -120,7 +124,7 @@ class IngestPipeline:
         groups: Sequence[str],
         *,
         kind: str = "ingest",
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> RunSummary:
         """Ingest a file or re-sync a folder tree (removed files leave the index)."""
         source, items, complete = scan_source(Path(target))
@@ -134,7 +138,7 @@ class IngestPipeline:
         *,
         complete: bool,
         kind: str = "ingest",
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> RunSummary:
         import time
 
@@ -166,7 +170,7 @@ class IngestPipeline:
         items: Sequence[SourceItem],
         groups: list[str],
         complete: bool,
-        progress: Callable[[int, int], None] | None,
+        progress: ProgressCallback | None,
     ) -> None:
         indexed = self.store.documents_of_source(summary.source)
         by_path = {it.path: it for it in items}
@@ -187,7 +191,7 @@ class IngestPipeline:
         summary.unchanged = len(plan.unchanged)
         done += len(plan.unchanged)
         if progress:
-            progress(done, total)
+            progress(done, total, summary.chunks)
 
         for path in plan.deleted:
             doc = indexed[path]
@@ -210,7 +214,7 @@ class IngestPipeline:
                     self.store.delete_document(indexed[path].id)
                 done += 1
                 if progress:
-                    progress(done, total)
+                    progress(done, total, summary.chunks)
                 continue
             batch.append(prepared)
             units += prepared.units
@@ -218,11 +222,11 @@ class IngestPipeline:
                 done += self._commit(summary, batch, is_new)
                 batch, units = [], 0
                 if progress:
-                    progress(done, total)
+                    progress(done, total, summary.chunks)
         if batch:
             done += self._commit(summary, batch, is_new)
             if progress:
-                progress(done, total)
+                progress(done, total, summary.chunks)
 
     def _check_cancelled(self) -> None:
         if self._cancelled.is_set():

@@ -225,7 +225,7 @@ def resolve(
 
     Returns the command the words reach, its context and the problems: an unknown
     sub-command or option, an option without its value, extra arguments and (when
-    `complete`) a missing required argument.
+    `complete`) a missing required argument or option (one read from the environment aside).
     """
     cmd, ctx, path = root, _context(root, prog, None), [prog]
     while True:
@@ -252,6 +252,8 @@ def resolve(
                 value = opts.get(p.name)
                 if isinstance(p, click.Argument) and p.required and (not isinstance(value, str | tuple) or value == ()):
                     problems.append(f"`{' '.join(path)}`: missing argument {p.human_readable_name}")
+                if isinstance(p, click.Option) and p.required and value is None and not p.envvar:
+                    problems.append(f"`{' '.join(path)}`: missing option {p.opts[-1]}")
         return cmd, ctx, problems
 
 

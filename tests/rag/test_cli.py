@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import pty
+import re
+import struct
+import subprocess
+import sys
+import termios
+import threading
 from pathlib import Path
 
 import pytest
@@ -100,6 +109,12 @@ def test_cli_hands_work_to_a_running_service(env, embedder) -> None:
             assert result.exit_code == 0, result.output
             assert "handing the work to the running service" in result.stderr
             assert json.loads(result.stdout)["added"] == 1
+            # No bar over HTTP: the CLI says the service runs it, then prints the run's summary.
+            shown = CliRunner().invoke(main, ["rag", "ingest", str(root / "sales"), "--groups", "sales", "--progress"])
+            assert shown.exit_code == 0, shown.output
+            assert "the service runs the ingest; its summary follows when the run ends" in shown.stderr
+            assert "files" not in shown.stderr
+            assert re.match(r"run #\d+ succeeded: 0 added, 0 updated, 1 unchanged", shown.stdout)
             out = json.loads(_run("rag", "ask", "Who approves a 25 percent discount?", "--user", "sol", "--json"))
             assert out["citations"][0]["source"] == "discounts.md"
             denied = json.loads(_run("rag", "ask", "Who approves a 25 percent discount?", "--user", "ada", "--json"))
@@ -112,3 +127,73 @@ def test_help_lists_the_commands() -> None:
     out = CliRunner().invoke(main, ["rag", "--help"]).output
     assert "ingest" in out and "ask" in out
     assert "serve" in CliRunner().invoke(main, ["--help"]).output
+
+
+# --- progress ------------------------------------------------------------------------------
+BAR_END = re.compile(r"ingest (\S+): 100%\|.*\| (\d+)/\2 files \[[^]]*, (\d+) chunks, [\d.]+ chunks/s\]")
+
+
+def test_ingest_progress_bar_when_forced(env) -> None:
+    """`--progress` draws files done/total, chunks so far and chunks/s on stderr; stdout stays JSON."""
+    root, _ = env
+    result = CliRunner().invoke(main, ["rag", "ingest", str(root / "public"), "--json", "--progress"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    last = BAR_END.findall(result.stderr)[-1]
+    assert last == ("public", "4", str(summary["chunks"])) and summary["chunks"] > 0
+
+
+def test_ingest_is_quiet_off_a_terminal(env) -> None:
+    """Stderr is not a terminal (a pipe, a log file): no bar, only the summary line as before."""
+    root, _ = env
+    result = CliRunner().invoke(main, ["rag", "ingest", str(root / "public")])
+    assert result.exit_code == 0, result.output
+    assert "files" not in result.stderr and "chunks/s" not in result.stderr
+    assert re.fullmatch(r"run #1 succeeded: 4 added, .*\(\d+ chunks, [\d.]+s\)\n", result.stdout)
+
+
+def run_in_terminal(*args: str) -> tuple[str, str]:
+    """`loopline ARGS` in a fresh process whose stderr is a 120x24 pseudo-terminal.
+
+    Returns stdout and what the terminal showed (line ends as written, not as the tty sends them).
+    """
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 0x0 tty hides tqdm bars
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
+    )
+    os.close(slave)
+    shown = bytearray()
+
+    def drain() -> None:
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the process closed its end of the terminal
+                return
+            if not data:
+                return
+            shown.extend(data)
+
+    reader = threading.Thread(target=drain, daemon=True)
+    reader.start()
+    try:
+        out, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        reader.join(timeout=10)
+        os.close(master)
+    text = shown.decode(errors="replace").replace("\r\n", "\n")
+    assert proc.returncode == 0, text
+    return out.decode(), text
+
+
+def test_ingest_on_a_terminal_shows_the_bar_except_under_json(env) -> None:
+    root, _ = env
+    out, shown = run_in_terminal("rag", "ingest", str(root / "public"))
+    assert out.startswith("run #1 succeeded: 4 added")
+    assert BAR_END.search(shown)
+
+    out, shown = run_in_terminal("rag", "ingest", str(root / "sales"), "--groups", "sales", "--json")
+    assert json.loads(out)["added"] == 1
+    assert "files" not in shown and "chunks" not in shown

@@ -371,10 +371,28 @@ def test_progress_reaches_the_total(sqlite_store: MetadataStore, index: DictInde
     _write(folder, "empty.txt", "")
     calls: list[tuple[int, int]] = []
     IngestPipeline(sqlite_store, index, max_file_bytes=1000, batch_units=1).ingest(
-        folder, ["eng"], progress=lambda done, total: calls.append((done, total))
+        folder, ["eng"], progress=lambda done, total, _chunks: calls.append((done, total))
     )
     assert calls[-1] == (4, 4)
     assert [d for d, _ in calls] == sorted(d for d, _ in calls)
+
+
+def test_progress_counts_the_chunks_committed(sqlite_store: MetadataStore, index: DictIndexer, folder: Path) -> None:
+    """The callback also gets this run's committed units (chunks), for a chunks/s rate."""
+    _write(folder, "empty.txt", "")
+    pipeline = IngestPipeline(sqlite_store, index, max_file_bytes=1000, batch_units=1)
+    calls: list[tuple[int, int, int]] = []
+
+    def progress(done: int, total: int, chunks: int) -> None:
+        calls.append((done, total, chunks))
+
+    summary = pipeline.ingest(folder, ["eng"], progress=progress)
+
+    assert calls[-1] == (4, 4, summary.chunks) and summary.chunks == 4  # 1 + 2 + 1 lines
+    assert [c for *_, c in calls] == sorted(c for *_, c in calls)
+    calls.clear()
+    pipeline.ingest(folder, ["eng"], progress=progress)  # unchanged: nothing new committed
+    assert calls[-1] == (4, 4, 0)
 
 
 def test_crash_mid_run_is_recorded_and_the_next_run_resumes(sqlite_store: MetadataStore, folder: Path) -> None:

@@ -58,7 +58,7 @@ def run_loopline(cfg: dict) -> dict:
         out["rss_after_load_mib"] = rss_mib()
         bar = tqdm(desc="loopline ingest", unit="doc", file=sys.stderr)
 
-        def progress(done: int, total: int) -> None:
+        def progress(done: int, total: int, _chunks: int) -> None:
             bar.total = total
             bar.n = done
             bar.refresh()
