@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
-import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 from live_server import serve_in_thread
+from terminal import run_in_terminal
 
 from rag.samples import DEMO_USERS
 from shared.cli import main
@@ -150,42 +143,6 @@ def test_ingest_is_quiet_off_a_terminal(env) -> None:
     assert result.exit_code == 0, result.output
     assert "files" not in result.stderr and "chunks/s" not in result.stderr
     assert re.fullmatch(r"run #1 succeeded: 4 added, .*\(\d+ chunks, [\d.]+s\)\n", result.stdout)
-
-
-def run_in_terminal(*args: str) -> tuple[str, str]:
-    """`loopline ARGS` in a fresh process whose stderr is a 120x24 pseudo-terminal.
-
-    Returns stdout and what the terminal showed (line ends as written, not as the tty sends them).
-    """
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # a 0x0 tty hides tqdm bars
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave
-    )
-    os.close(slave)
-    shown = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the process closed its end of the terminal
-                return
-            if not data:
-                return
-            shown.extend(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        reader.join(timeout=10)
-        os.close(master)
-    text = shown.decode(errors="replace").replace("\r\n", "\n")
-    assert proc.returncode == 0, text
-    return out.decode(), text
 
 
 def test_ingest_on_a_terminal_shows_the_bar_except_under_json(env) -> None:

@@ -7,20 +7,13 @@ Tiny on purpose: 64 px images, one or two epochs.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
-import pty
 import re
-import struct
-import subprocess
-import sys
-import termios
-import threading
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
+from terminal import run_in_terminal
 
 from shared.cli import main
 
@@ -84,49 +77,9 @@ def test_train_is_quiet_off_a_terminal(env, data) -> None:
     assert re.match(r"version \d+: mAP50 \d\.\d{3}", result.stdout)
 
 
-def run_in_terminal(env: dict[str, str], *args: str) -> tuple[str, str]:
-    """`loopline ARGS` in a fresh process whose stderr is a 120x24 pseudo-terminal.
-
-    Returns stdout and what the terminal showed (line ends as written, not as the tty sends them).
-    """
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli", *args],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=slave,
-        env={**os.environ, **env},
-    )
-    os.close(slave)
-    shown = bytearray()
-
-    def drain() -> None:
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:  # EIO: the process closed its end of the terminal
-                return
-            if not data:
-                return
-            shown.extend(data)
-
-    reader = threading.Thread(target=drain, daemon=True)
-    reader.start()
-    try:
-        out, _ = proc.communicate(timeout=120)
-    finally:
-        proc.kill()
-        reader.join(timeout=10)
-        os.close(master)
-    text = shown.decode(errors="replace").replace("\r\n", "\n")
-    assert proc.returncode == 0, text
-    return out.decode(), text
-
-
 def test_train_on_a_terminal_shows_epochs_and_keeps_stdout_json(env, data) -> None:
     """On a terminal the epochs show by default, --json included (stdout stays one JSON object)."""
-    out, shown = run_in_terminal(env, *train_args(data, 1, "--json"))
+    out, shown = run_in_terminal(*train_args(data, 1, "--json"), env=env)
     assert json.loads(out)["metrics"]["mAP50"] >= 0
     assert [m[:2] for m in EPOCH.findall(shown)] == [("1", "1")]
 
