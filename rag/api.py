@@ -16,16 +16,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import StreamingResponse
 
 from rag.loaders import SUPPORTED_SUFFIXES
-from rag.models import Answer, DocumentOut, FeedbackIn, IngestPathIn, QueryRequest, RunOut
+from rag.models import (
+    Answer,
+    DocumentOut,
+    FeedbackIn,
+    FeedbackOut,
+    IngestPathIn,
+    QueryRequest,
+    RunOut,
+    RunRecordOut,
+    SyncFinished,
+    SyncStarted,
+    UploadOut,
+)
 from rag.service import AccessDenied, RagService, UploadConflict
 from rag.vectorstore import EmbeddingMismatch
 from shared.auth import Principal
-from shared.context import ApiPlugin, AppContext
-from shared.dependencies import ADMIN_ONLY, UNAUTHENTICATED, app_context, require_admin, require_user
+from shared.context import WAITING_FOR, ApiPlugin, AppContext, Warmup
+from shared.dependencies import (
+    ADMIN_ONLY,
+    UNAUTHENTICATED,
+    WITH_BODY,
+    app_context,
+    error,
+    require_admin,
+    require_user,
+)
 from shared.ingestion import Cancelled, RunSummary, source_name
 from shared.ingestion.roots import PathRefused, check_ingest_path, parse_roots
 from shared.metadata.store import DocumentInfo
@@ -73,6 +93,7 @@ class RagApi:
 
     service: RagService
     ctx: AppContext
+    warmup: Warmup | None = None
     sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def recorded_ingest(self, kind: str, ingest: Callable[[], T], run_of: Callable[[T], RunSummary] = lambda r: r) -> T:
@@ -111,8 +132,67 @@ def rag_api(ctx: AppContext = Depends(app_context)) -> RagApi:
 
 router = APIRouter(prefix="/v1", tags=["documents Q&A"], responses=UNAUTHENTICATED)
 
+AS_USER = error(403, "`as_user` is for admins only.") | error(404, "`as_user` names no known user.")
+INTERRUPTED = error(503, "The service is shutting down: the ingest stopped (recorded as interrupted).")
+# Documents are typed by the extension of the file name sent: OpenAPI can only show it on the part's
+# Content-Disposition; the content types are what the extensions stand for.
+DOCUMENT_PARTS = {
+    "file": {
+        "contentType": "text/markdown, text/plain, text/html, application/pdf, "
+        "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        "headers": {
+            "Content-Disposition": {
+                "description": "The file name's extension decides the type: "
+                f"{', '.join(sorted(SUPPORTED_SUFFIXES))}, in any case (415 otherwise).",
+                "schema": {"type": "string"},
+                "example": 'form-data; name="file"; filename="handbook.md"',
+            }
+        },
+    }
+}
 
-@router.post("/query", response_model=Answer, summary="Answer a question with citations.")
+
+def _event(name: str, required: dict[str, dict]) -> dict:
+    return {
+        "type": "object",
+        "required": ["type", *required],
+        "properties": {"type": {"const": name}, **required},
+    }
+
+
+# One server-sent event: its name and its JSON data (OpenAPI 3.1 describes each event of a stream).
+STREAM_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["citations", "token", "done", "error"]},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {
+                "oneOf": [
+                    _event(
+                        "citations",
+                        {"citations": {"type": "array", "items": {"$ref": "#/components/schemas/Citation"}}},
+                    ),
+                    _event("token", {"text": {"type": "string"}}),
+                    _event("done", {"answer": {"$ref": "#/components/schemas/Answer"}}),
+                    _event("error", {"detail": {"type": "string"}}),
+                ]
+            },
+        },
+    },
+}
+
+
+@router.post(
+    "/query",
+    response_model=Answer,
+    summary="Answer a question with citations.",
+    responses=WITH_BODY
+    | AS_USER
+    | error(409, "The index was built with another embedding model than the service's: re-ingest."),
+)
 def query(req: QueryRequest, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> Answer:
     try:
         answer = api.service.ask(req.question, api.effective(req, who), top_k=req.top_k)
@@ -125,7 +205,14 @@ def query(req: QueryRequest, who: Principal = Depends(require_user), api: RagApi
 @router.post(
     "/query/stream",
     summary="Answer as server-sent events: citations, token…, done.",
+    description="Events `citations`, then `token`…, then `done` with the whole answer; "
+    "a failure once the stream has started is an `error` event.",
     response_class=StreamingResponse,
+    responses={
+        200: {"description": "The event stream.", "content": {"text/event-stream": {"schema": STREAM_EVENT}}},
+        **WITH_BODY,
+        **AS_USER,
+    },
 )
 def query_stream(
     req: QueryRequest, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)
@@ -150,7 +237,12 @@ def list_documents(who: Principal = Depends(require_user), api: RagApi = Depends
     return [_doc_out(d) for d in api.service.list_documents(who)]
 
 
-@router.get("/sources", response_model=list[VisibleSource], summary="How fresh the sources you can read are.")
+@router.get(
+    "/sources",
+    response_model=list[VisibleSource],
+    summary="How fresh the sources you can read are.",
+    responses=error(503, "The monitoring configuration (freshness SLOs) cannot be read."),
+)
 def sources(who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> list[VisibleSource]:
     """Sources of the documents you may read, with the age of their last successful sync and its SLO."""
     try:
@@ -161,7 +253,12 @@ def sources(who: Principal = Depends(require_user), api: RagApi = Depends(rag_ap
     return [f.model_copy(update={"source": source_name(f.source)}) for f in found]
 
 
-@router.get("/documents/{doc_id}", response_model=DocumentOut)
+@router.get(
+    "/documents/{doc_id}",
+    response_model=DocumentOut,
+    summary="One document you may read.",
+    responses=error(404, "No such document, or not one you may read."),
+)
 def get_document(doc_id: str, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> DocumentOut:
     doc = api.service.get_document(doc_id, who)
     if doc is None:
@@ -170,7 +267,10 @@ def get_document(doc_id: str, who: Principal = Depends(require_user), api: RagAp
 
 
 @router.delete(
-    "/documents/{doc_id}", status_code=204, summary="Remove a document from the index (admins).", responses=ADMIN_ONLY
+    "/documents/{doc_id}",
+    status_code=204,
+    summary="Remove a document from the index (admins).",
+    responses=ADMIN_ONLY | error(404, "No such document, or not one you may read."),
 )
 def delete_document(doc_id: str, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> None:
     try:
@@ -182,10 +282,24 @@ def delete_document(doc_id: str, who: Principal = Depends(require_user), api: Ra
 
 
 @router.post(
-    "/documents", status_code=201, summary="Upload a document (admins), readable by `groups`.", responses=ADMIN_ONLY
+    "/documents",
+    status_code=201,
+    response_model=UploadOut,
+    summary="Upload a document (admins), readable by `groups`.",
+    responses=ADMIN_ONLY
+    | WITH_BODY
+    | INTERRUPTED
+    | error(409, "An upload of this name exists for other groups: send `replace=true` to replace it.")
+    | error(413, "The file is over LOOPLINE_UPLOAD_MAX_BYTES.")
+    | error(415, "The file name has no supported extension.")
+    | error(422, "The file could not be read (no text, corrupt, over a limit): the reason is in `detail`."),
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": DOCUMENT_PARTS}}}},
 )
 def upload(
-    file: UploadFile = File(...),
+    file: UploadFile = File(
+        ...,
+        description=f"The document; its file name's extension decides its type ({', '.join(sorted(SUPPORTED_SUFFIXES))}).",
+    ),
     groups: str = Form("public", description="Comma-separated groups that may read it."),
     replace: bool = Form(
         False,
@@ -194,7 +308,7 @@ def upload(
     ),
     who: Principal = Depends(require_admin),
     api: RagApi = Depends(rag_api),
-) -> dict:
+) -> UploadOut:
     name = file.filename or "upload"
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
@@ -218,11 +332,21 @@ def upload(
         reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
         raise HTTPException(422, detail=f"{name}: {reason}")
     log.info("user %s uploaded %s as %s", who.name, name, doc.path)
-    return {"document": _doc_out(doc).model_dump(mode="json"), "run": _run_out(run).model_dump()}
+    return UploadOut(document=_doc_out(doc), run=_run_out(run))
 
 
-@router.post("/sync", status_code=202, summary="Re-sync the configured folder source (admins).", responses=ADMIN_ONLY)
-def sync(wait: bool = False, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> dict:
+@router.post(
+    "/sync",
+    status_code=202,
+    response_model=SyncStarted | SyncFinished,
+    summary="Re-sync the configured folder source (admins).",
+    responses=ADMIN_ONLY
+    | INTERRUPTED
+    | error(409, "No sync folder is configured or it is missing, or a sync is already running."),
+)
+def sync(
+    wait: bool = False, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)
+) -> SyncStarted | SyncFinished:
     folder = api.service.settings.sync_folder
     if folder is None:
         raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
@@ -247,17 +371,21 @@ def sync(wait: bool = False, who: Principal = Depends(require_admin), api: RagAp
             log.exception("sync of %s failed", folder)
 
     if wait:
-        return {"status": "finished", "run": _run_out(run()).model_dump()}
+        return SyncFinished(status="finished", run=_run_out(run()))
     threading.Thread(target=run_in_background, name="loopline-sync", daemon=True).start()
     log.info("user %s started a sync of %s", who.name, folder)
-    return {"status": "started", "folder": str(folder)}
+    return SyncStarted(status="started", folder=str(folder))
 
 
 @router.post(
     "/admin/ingest",
     response_model=RunOut,
     summary="Ingest a path on the server (admins: under LOOPLINE_INGEST_ROOTS; the local CLI: anything it can read).",
-    responses=ADMIN_ONLY,
+    responses=ADMIN_ONLY
+    | WITH_BODY
+    | INTERRUPTED
+    | error(403, "The caller is not an admin, or the path is not under LOOPLINE_INGEST_ROOTS.")
+    | error(404, "No such file or folder on the server."),
 )
 def ingest_path(req: IngestPathIn, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> RunOut:
     path = Path(req.path)
@@ -274,40 +402,57 @@ def ingest_path(req: IngestPathIn, who: Principal = Depends(require_admin), api:
     return _run_out(api.recorded_ingest("ingest", lambda: api.service.ingest(path, req.groups)))
 
 
-@router.get("/runs", summary="Recent ingest and sync runs (admins).", responses=ADMIN_ONLY)
-def runs(limit: int = 20, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> list[dict]:
+@router.get(
+    "/runs", response_model=list[RunRecordOut], summary="Recent ingest and sync runs (admins).", responses=ADMIN_ONLY
+)
+def runs(
+    limit: int = Query(20, ge=1, le=1000),
+    who: Principal = Depends(require_admin),
+    api: RagApi = Depends(rag_api),
+) -> list[RunRecordOut]:
     return [
-        {
-            "run_id": r.id,
-            "source": r.source,
-            "kind": r.kind,
-            "status": r.status,
-            "started_at": r.started_at,
-            "finished_at": r.finished_at,
-            "added": r.added,
-            "updated": r.updated,
-            "unchanged": r.unchanged,
-            "deleted": r.deleted,
-            "failed": r.failed,
-            "error": r.error,
-        }
+        RunRecordOut(
+            run_id=r.id,
+            source=r.source,
+            kind=r.kind,
+            status=r.status,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+            added=r.added,
+            updated=r.updated,
+            unchanged=r.unchanged,
+            deleted=r.deleted,
+            failed=r.failed,
+            error=r.error,
+        )
         for r in api.service.metadata.recent_runs(limit)
     ]
 
 
-@router.post("/feedback", status_code=201, summary="Rate an answer.")
-def feedback(fb: FeedbackIn, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> dict:
+@router.post("/feedback", status_code=201, response_model=FeedbackOut, summary="Rate an answer.", responses=WITH_BODY)
+def feedback(fb: FeedbackIn, who: Principal = Depends(require_user), api: RagApi = Depends(rag_api)) -> FeedbackOut:
     fid = api.service.add_feedback(who, question=fb.question, answer=fb.answer, rating=fb.rating, comment=fb.comment)
-    return {"id": fid}
+    return FeedbackOut(id=fid)
 
 
 def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
-    """Entry point of the `loopline.api` group; tests pass a ready `service`."""
+    """Entry point of the `loopline.api` group; tests pass a ready `service`.
+
+    The embedding model loads in the background from here on (`RagService.warm_up`), so the
+    first question is not the one that waits for it; `/readyz` answers 503 until it is loaded.
+    """
     svc = service or _service_with_drift(ctx)
-    ctx.services["rag"] = RagApi(svc, ctx)
+    warmup = Warmup(
+        f"loading the embedding model {svc.settings.embedding_model}", svc.warm_up, name="loopline-rag-warmup"
+    )
+    ctx.services["rag"] = RagApi(svc, ctx, warmup=warmup.start())
 
     def ready() -> dict:
-        return {"documents": svc.metadata.count_documents(), "chunks": svc.store.count()}
+        return {
+            "documents": svc.metadata.count_documents(),
+            "chunks": svc.store.count(),
+            WAITING_FOR: warmup.waiting_for(),
+        }
 
     return ApiPlugin(name="rag", router=router, ready=ready, close=svc.close, stop=svc.stop)
 

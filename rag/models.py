@@ -1,11 +1,27 @@
-"""Payloads of the Q&A API and CLI (a contract: outside checks read these field names)."""
+"""Payloads of the Q&A API and CLI (a contract: outside checks read these field names).
+
+Times go out as RFC 3339 with an offset (UTC): SQLite hands back naive datetimes from
+timezone-aware columns, so every datetime field here takes a naive value as UTC.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
+
+from shared.monitoring.freshness import UtcDateTime
+
+
+def _whole_number(value: object) -> object:
+    """Integers as JSON Schema has them: 3 and 3.0 are integers; `true` and "3" are not."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("must be a whole number")
+    return value
+
+
+# After the bounds in `Annotated[int, Field(ge=…), WHOLE_NUMBER]`: so the schema still shows them.
+WHOLE_NUMBER = BeforeValidator(_whole_number)
 
 
 class Citation(BaseModel):
@@ -38,7 +54,7 @@ class Answer(BaseModel):
 
 class QueryRequest(BaseModel):
     question: str = Field(min_length=1, max_length=4000)
-    top_k: int | None = Field(None, ge=1, le=50)
+    top_k: Annotated[int, Field(ge=1, le=50), WHOLE_NUMBER] | None = None
     as_user: str | None = Field(None, description="Admins only: answer as this user would see it.")
 
 
@@ -51,7 +67,7 @@ class DocumentOut(BaseModel):
     chunks: int
     size_bytes: int
     content_hash: str
-    updated_at: datetime
+    updated_at: UtcDateTime
 
 
 class RunOut(BaseModel):
@@ -69,10 +85,46 @@ class RunOut(BaseModel):
     error: str | None = None
 
 
+class RunRecordOut(BaseModel):
+    """A run as `GET /v1/runs` lists it."""
+
+    run_id: int
+    source: str
+    kind: str
+    status: str
+    started_at: UtcDateTime
+    finished_at: UtcDateTime | None
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    failed: int
+    error: str | None
+
+
+class UploadOut(BaseModel):
+    document: DocumentOut
+    run: RunOut
+
+
+class SyncStarted(BaseModel):
+    status: Literal["started"]
+    folder: str = Field(description="The folder being synced in the background.")
+
+
+class SyncFinished(BaseModel):
+    status: Literal["finished"]
+    run: RunOut = Field(description="The run (with `wait=true`).")
+
+
+class FeedbackOut(BaseModel):
+    id: int
+
+
 class FeedbackIn(BaseModel):
     question: str = Field(min_length=1, max_length=4000)
     answer: str = Field("", max_length=20000)
-    rating: int = Field(ge=-1, le=5, description="-1/1 thumbs, or 1-5 stars.")
+    rating: Annotated[int, Field(ge=-1, le=5), WHOLE_NUMBER] = Field(description="-1/1 thumbs, or 1-5 stars.")
     comment: str = Field("", max_length=4000)
 
 

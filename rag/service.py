@@ -37,6 +37,7 @@ from rag.vectorstore import VectorStore, open_vector_store
 from shared.auth import Principal
 from shared.config import Settings
 from shared.ingestion import IngestPipeline, RunSummary, file_item, folder_source
+from shared.ingestion.pipeline import ProgressCallback
 from shared.ingestion.worker import ParseWorker
 from shared.metadata import MetadataStore
 from shared.metadata.store import DocumentInfo
@@ -139,6 +140,11 @@ class RagService:
                 self._retriever = Retriever(self.store, embedder, self.sparse)
             return self._retriever
 
+    def warm_up(self) -> None:
+        """Load what the first answer needs — the query embedder and its model — now, not on the
+        first question (the local model takes seconds to load). The API runs it in the background."""
+        self.retriever.embedder.embed_query("warm-up")
+
     @property
     def pipeline(self) -> IngestPipeline:
         with self._init_lock:
@@ -199,7 +205,7 @@ class RagService:
         groups: Sequence[str],
         *,
         kind: str = "ingest",
-        progress: Callable[[int, int], None] | None = None,
+        progress: ProgressCallback | None = None,
     ) -> RunSummary:
         with self._ingest_lock:
             return self.pipeline.ingest(Path(path), groups, kind=kind, progress=progress)

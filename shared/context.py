@@ -9,6 +9,8 @@ this module does not do: know a vertical (plugins add their own services to `ser
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,13 +28,75 @@ from shared.objectstore import LocalObjectStore, ObjectStore
 log = logging.getLogger(__name__)
 
 
+WAITING_FOR = "waiting_for"
+
+
 @dataclass
 class ApiPlugin:
+    """What a vertical mounts on the app, and how `/readyz` asks it whether it can take traffic.
+
+    `ready()` returns the plugin's details for `/readyz` (counts, states) and raises when a
+    store it needs does not answer (the service is then unready). A plugin still getting
+    ready — a model loading in the background — lists what it waits for, one sentence each,
+    under `waiting_for` (see `Warmup`); the service answers 503 until no plugin waits.
+    """
+
     name: str
     router: APIRouter
     ready: Callable[[], dict] = lambda: {}
     close: Callable[[], None] = lambda: None
     stop: Callable[[], None] = lambda: None  # abandon long work at once (SIGTERM); close follows
+
+
+class Warmup:
+    """Work a plugin does in the background at start so that its first request is not slow.
+
+    `start()` runs `fn` on a daemon thread and returns at once, so the service starts (and
+    answers `/healthz`) while it runs. `waiting_for()` is what `ApiPlugin.ready` reports under
+    `waiting_for`: `[what]` until `fn` returned, then `[]`. A failed try is logged and retried on
+    the next readiness check, so the service stays unready instead of failing its first requests.
+    """
+
+    def __init__(self, what: str, fn: Callable[[], object], *, name: str = "loopline-warmup") -> None:
+        self.what = what
+        self._fn = fn
+        self._name = name
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: BaseException | None = None
+
+    def start(self) -> Warmup:
+        with self._lock:
+            if not self._done.is_set() and (self._thread is None or not self._thread.is_alive()):
+                self._failed = None
+                self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+                self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._fn()
+        except Exception as exc:
+            self._failed = exc
+            log.exception("%s failed; tried again on the next readiness check", self.what)
+            return
+        self._done.set()
+        log.info("%s: done in %.1f s", self.what, time.perf_counter() - t0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once the work is done (tests, and callers that would rather wait than be refused)."""
+        return self._done.wait(timeout)
+
+    def waiting_for(self) -> list[str]:
+        if self._done.is_set():
+            return []
+        failed = self._failed
+        if failed is not None:
+            self.start()
+            return [f"{self.what} (the last try failed with {type(failed).__name__}; trying again)"]
+        return [self.what]
 
 
 @dataclass

@@ -3,22 +3,57 @@
 Routers list them as parameters (`who: Principal = Depends(require_user)`); they read the
 composition root from `request.app.state.ctx`, so routes stay flat module-level functions
 and tests build apps with real local instances instead of overriding globals.
+
+Also here, the error answers routes document in `responses=` (`error(...)`, `UNAUTHENTICATED`,
+`WITH_BODY`, …): every status a route can answer is in the OpenAPI schema, with its body.
 """
 
 from __future__ import annotations
 
 import hmac
+from typing import Any
 
 from fastapi import Depends, HTTPException, Request
+from pydantic import BaseModel
 
 from shared.auth import Device, Principal, local_admin, request_secret
 from shared.context import AppContext
 
-UNAUTHENTICATED = {
-    401: {"description": "Missing or unknown API key (send `X-API-Key: KEY` or `Authorization: Bearer KEY`)."}
-}
-ADMIN_ONLY = UNAUTHENTICATED | {403: {"description": "The caller is not an admin."}}
-DEVICE_ONLY = {401: {"description": "Missing or unknown device token (`Authorization: Bearer TOKEN`)."}}
+
+class ErrorOut(BaseModel):
+    """Every error answer: what went wrong and, where there is one, what to do about it."""
+
+    detail: str
+
+
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class InvalidRequestOut(BaseModel):
+    """A 422: the fields that failed validation, or one sentence naming the field and the fix."""
+
+    detail: str | list[FieldError]
+
+
+def error(status: int, description: str) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI entry of an error answer (`{"detail": "…"}`), for a route's `responses=`."""
+    model = InvalidRequestOut if status == 422 else ErrorOut
+    return {status: {"model": model, "description": description}}
+
+
+UNAUTHENTICATED = error(401, "Missing or unknown API key (send `X-API-Key: KEY` or `Authorization: Bearer KEY`).")
+ADMIN_ONLY = UNAUTHENTICATED | error(403, "The caller is not an admin.")
+DEVICE_ONLY = error(401, "Missing or unknown device token (`Authorization: Bearer TOKEN`).")
+# Every route with a body: 400 for a body that cannot be parsed, 413 for one over the service's limit
+# (the server's middleware, before anything reads it), 422 for one that fails validation.
+WITH_BODY = (
+    error(400, "The body could not be parsed (not JSON, or not multipart/form-data).")
+    | error(413, "The body is over the service's limit.")
+    | error(422, "The body or a parameter failed validation.")
+)
 
 
 def app_context(request: Request) -> AppContext:

@@ -355,7 +355,18 @@ def metrics_router(metrics: ServiceMetrics, settings: Settings) -> APIRouter:
     router = APIRouter(tags=["ops"])
     token = settings.metrics_token.get_secret_value() if settings.metrics_token else None
 
-    @router.get("/metrics", summary="Prometheus metrics of this service.", response_class=Response)
+    @router.get(
+        "/metrics",
+        summary="Prometheus metrics of this service.",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The Prometheus text format.",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            },
+            401: {"description": "LOOPLINE_METRICS_TOKEN is set and the request does not send it as a bearer token."},
+        },
+    )
     def scrape(request: Request) -> Response:
         if token is not None:
             given = request_secret(request.headers) or ""

@@ -9,17 +9,22 @@ them. Authentication is declared once, in `shared.dependencies`.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable, Sequence
 from contextlib import asynccontextmanager
 from importlib.metadata import entry_points
+from typing import Literal
 
-from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.auth import DeviceRegistry, KeyRegistry
 from shared.cli import extra_for
 from shared.config import Settings
-from shared.context import ApiPlugin, AppContext
+from shared.context import WAITING_FOR, ApiPlugin, AppContext
 from shared.metadata.store import MetadataStore
 from shared.metrics import RequestMetricsMiddleware, metrics_router
 
@@ -28,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = ["ApiPlugin", "AppContext", "create_app", "discover_plugins"]
 
 PluginFactory = Callable[[AppContext], ApiPlugin]
+HTTP_METHODS = {"GET", "PUT", "POST", "DELETE", "OPTIONS", "HEAD", "PATCH", "TRACE"}
 
 
 class BodySizeLimit:
@@ -52,6 +58,61 @@ class BodySizeLimit:
                     await response(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class HealthOut(BaseModel):
+    status: Literal["ok"]
+
+
+class ReadinessOut(BaseModel):
+    """`/readyz`: the status, then each plugin's details under its name (e.g. `"rag": {"documents": 42}`)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ready", "starting", "unready"]
+    waiting_for: list[str] | None = Field(None, description="While starting: what the service still waits for.")
+    error: str | None = Field(None, description="When unready: the kind of error a readiness check raised.")
+
+
+async def allow_all_methods(request: Request, exc: StarletteHTTPException) -> Response:
+    """FastAPI's answer to an HTTP error, except that a 405 lists in `Allow` every method of the path.
+
+    The router answers 405 from the first route whose path matches, so its `Allow` names only that
+    route's methods while other routes serve the same path with others. The methods are read from
+    the app's OpenAPI schema, the contract clients see; a path it does not list keeps its `Allow`.
+    """
+    if exc.status_code == 405:
+        methods = documented_methods(request.app.openapi(), request.url.path)
+        if methods:
+            exc = StarletteHTTPException(405, detail=exc.detail, headers={**(exc.headers or {}), "Allow": methods})
+    return await http_exception_handler(request, exc)
+
+
+def documented_methods(schema: dict, path: str) -> str:
+    """The methods the OpenAPI `schema` documents for a concrete `path`, as an `Allow` value ("" if none)."""
+    found: set[str] = set()
+    for template, operations in schema.get("paths", {}).items():
+        pieces = re.split(r"(\{[^}]+\})", template)
+        if re.fullmatch("".join("[^/]+" if p.startswith("{") else re.escape(p) for p in pieces), path):
+            found |= {m.upper() for m in operations if m.upper() in HTTP_METHODS}
+    return ", ".join(sorted(found))
+
+
+def readiness(ctx: AppContext) -> tuple[int, dict]:
+    """(status code, body) of `/readyz`: 200 ready; 503 while a plugin waits for something, or unready."""
+    details: dict[str, dict] = {}
+    waiting: list[str] = []
+    try:
+        for plugin in ctx.plugins:
+            found = dict(plugin.ready())
+            waiting += [f"{plugin.name}: {what}" for what in found.pop(WAITING_FOR, None) or []]
+            details[plugin.name] = found
+    except Exception as exc:  # a store that fails its check makes the service unready
+        log.exception("readiness check failed")
+        return 503, {"status": "unready", "error": type(exc).__name__}
+    if waiting:
+        return 503, {"status": "starting", "waiting_for": waiting, **details}
+    return 200, {"status": "ready", **details}
 
 
 def discover_plugins() -> list[PluginFactory]:
@@ -99,6 +160,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.ctx = ctx
+    app.add_exception_handler(StarletteHTTPException, allow_all_methods)
     body_limit = max(settings.upload_max_bytes, settings.frame_max_bytes) + (1 << 20)  # + multipart framing
     app.add_middleware(BodySizeLimit, max_bytes=body_limit)
     if ctx.metrics.enabled:
@@ -110,18 +172,24 @@ def create_app(
         app.include_router(plugin.router)
 
     @app.get("/healthz", tags=["ops"], summary="The process is up.")
-    async def healthz() -> dict:  # on the event loop: answers even when every worker thread is busy
-        return {"status": "ok"}
+    async def healthz() -> HealthOut:  # on the event loop: answers even when every worker thread is busy
+        return HealthOut(status="ok")
 
-    @app.get("/readyz", tags=["ops"], summary="The stores answer; ready for traffic.")
-    def readyz():
-        details = {}
-        try:
-            for plugin in ctx.plugins:
-                details[plugin.name] = plugin.ready()
-        except Exception as exc:  # a store that fails its check makes the service unready
-            log.exception("readiness check failed")
-            return JSONResponse({"status": "unready", "error": type(exc).__name__}, status_code=503)
-        return {"status": "ready", **details}
+    @app.get(
+        "/readyz",
+        tags=["ops"],
+        summary="The stores answer and what the first requests need is loaded; ready for traffic.",
+        response_model=None,
+        responses={
+            200: {"model": ReadinessOut, "description": "Ready."},
+            503: {
+                "model": ReadinessOut,
+                "description": "Starting (`waiting_for` says for what), or unready (a store does not answer).",
+            },
+        },
+    )
+    def readyz() -> JSONResponse:
+        status, body = readiness(ctx)
+        return JSONResponse(body, status_code=status)
 
     return app

@@ -19,15 +19,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
 from shared.auth import Device, DeviceRegistry
 from shared.context import ApiPlugin, AppContext
-from shared.dependencies import DEVICE_ONLY, app_context, require_device
+from shared.dependencies import DEVICE_ONLY, WITH_BODY, app_context, error, require_device
 from shared.monitoring.drift import DriftMonitor
 from shared.objectstore import ObjectStore
 from vision.training import model_dir
@@ -47,14 +47,37 @@ class ModelInfo(BaseModel):
     imgsz: int
 
 
+FRAME_META_EXAMPLE = {
+    "device_id": "line1-cam01",
+    "frame_id": "0f9e2c4d7a1b4c3e",
+    "captured_at": "2026-11-27T13:18:21.415+00:00",
+    "model_version": "1",
+    "reason": "close_to_threshold",
+    "predictions": [{"cls": 0, "name": "scratch", "score": 0.48, "box": [12.0, 8.5, 40.0, 30.0]}],
+    "metrics": {},
+}
+
+
 class FrameMeta(BaseModel):
-    device_id: str
+    model_config = ConfigDict(json_schema_extra={"examples": [FRAME_META_EXAMPLE]})
+
+    device_id: str = Field(description="The id of the device whose token sends it (403 otherwise).")
     frame_id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$")
     captured_at: float | str | None = None
     model_version: str | None = None
     reason: str | None = None
     predictions: list[dict[str, Any]] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
+
+
+class DeviceOut(BaseModel):
+    id: str
+    fleet: str
+
+
+class FrameOut(BaseModel):
+    id: str = Field(description="Where the frame is stored: DEVICE/FRAME_ID.")
+    duplicate: bool = Field(description="The same frame was already stored (a retry): nothing was written.")
 
 
 class _Models:
@@ -232,12 +255,22 @@ def vision_api(ctx: AppContext = Depends(app_context)) -> VisionApi:
 router = APIRouter(prefix="/v1/devices", tags=["edge devices"], responses=DEVICE_ONLY)
 
 
-@router.get("/me", summary="Who this token is: the device id and its fleet.")
-def me(dev: Device = Depends(require_device), api: VisionApi = Depends(vision_api)) -> dict:
-    return {"id": dev.id, "fleet": dev.fleet}
+NO_MODEL = error(404, "The fleet has no production model yet.") | error(
+    409, "The production version has no readable exported model (run `loopline vision export VERSION`)."
+)
 
 
-@router.get("/model", response_model=ModelInfo, summary="The production model this device's fleet should run.")
+@router.get("/me", response_model=DeviceOut, summary="Who this token is: the device id and its fleet.")
+def me(dev: Device = Depends(require_device), api: VisionApi = Depends(vision_api)) -> DeviceOut:
+    return DeviceOut(id=dev.id, fleet=dev.fleet)
+
+
+@router.get(
+    "/model",
+    response_model=ModelInfo,
+    summary="The production model this device's fleet should run.",
+    responses=error(403, "`fleet` names another fleet than the device's.") | NO_MODEL,
+)
 def current_model(
     fleet: str | None = None, dev: Device = Depends(require_device), api: VisionApi = Depends(vision_api)
 ) -> ModelInfo:
@@ -246,9 +279,21 @@ def current_model(
     return api.models.current(dev.fleet)[0]
 
 
-@router.get("/model/download", summary="Download the fleet's production model file.")
+@router.get(
+    "/model/download",
+    summary="Download the fleet's production model file.",
+    response_class=FileResponse,
+    responses={
+        200: {
+            "description": "The ONNX file.",
+            "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        **error(404, "No production model, or `version`/`precision` is not the fleet's production model."),
+        **error(409, "The production version has no readable exported model (run `loopline vision export VERSION`)."),
+    },
+)
 def download(
-    version: str,
+    version: str = Query(..., examples=["1"], description="The version `GET /v1/devices/model` names."),
     precision: str = Query("fp32", pattern="^(fp32|int8|fp16)$"),
     dev: Device = Depends(require_device),
     api: VisionApi = Depends(vision_api),
@@ -262,15 +307,43 @@ def download(
     return FileResponse(path, media_type="application/octet-stream", filename=f"model-v{version}.{precision}.onnx")
 
 
-@router.post("/frames", status_code=201, summary="Upload a frame kept for labeling, with its predictions.")
+# The meta part is JSON text (an object part of multipart/form-data is application/json by OpenAPI's
+# rules): the handler parses it itself, to answer which field is wrong in one sentence.
+FrameMetaJson = Annotated[str, WithJsonSchema(FrameMeta.model_json_schema())]
+FRAME_PARTS = {"image": {"contentType": "image/jpeg, image/png"}, "meta": {"contentType": "application/json"}}
+
+
+@router.post(
+    "/frames",
+    status_code=201,
+    response_model=FrameOut,
+    summary="Upload a frame kept for labeling, with its predictions.",
+    description="Idempotent on `frame_id`: the same image again answers 200 with `duplicate: true`; "
+    "another image under a stored id answers 409.",
+    responses={
+        200: {"model": FrameOut, "description": "This frame was stored before (a retry): nothing was written."},
+        **WITH_BODY,
+        **error(403, "`meta.device_id` is not the device of this token."),
+        **error(409, "Another image is stored under this `frame_id`."),
+        **error(413, "The frame is over LOOPLINE_FRAME_MAX_BYTES bytes or LOOPLINE_FRAME_MAX_PIXELS pixels."),
+        **error(415, "The image is not a JPEG or PNG."),
+        **error(422, "`meta` is not valid, or the image does not decode or has a side under 8 or over 8192 pixels."),
+    },
+    openapi_extra={"requestBody": {"content": {"multipart/form-data": {"encoding": FRAME_PARTS}}}},
+)
 def upload_frame(
-    image: UploadFile = File(...),
-    meta: str = Form(
-        ..., description="JSON: device_id, frame_id, captured_at, model_version, reason, predictions, metrics"
-    ),
+    image: Annotated[
+        UploadFile,
+        File(
+            description=f"A JPEG or PNG, fully decodable, each side 8 to {MAX_SIDE} pixels, within "
+            "LOOPLINE_FRAME_MAX_BYTES bytes and LOOPLINE_FRAME_MAX_PIXELS pixels (the server checks what "
+            "OpenAPI cannot say)."
+        ),
+    ],
+    meta: Annotated[FrameMetaJson, Form(description="The frame's record, as JSON.")],
     dev: Device = Depends(require_device),
     api: VisionApi = Depends(vision_api),
-):
+) -> FrameOut | JSONResponse:
     try:
         fm = FrameMeta.model_validate_json(meta)
     except ValidationError as exc:
@@ -292,7 +365,7 @@ def upload_frame(
     sha = hashlib.sha256(data).hexdigest()
     record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h, "sha256": sha}
     if not _store_once(api.frames, key, data, sha, record):
-        return JSONResponse({"id": key, "duplicate": True}, status_code=200)
+        return JSONResponse(FrameOut(id=key, duplicate=True).model_dump(), status_code=200)
     api.ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
     if api.drift is not None:
         try:
@@ -300,7 +373,7 @@ def upload_frame(
         except Exception:  # monitoring must never refuse a frame
             log.exception("drift counts of frame %s from %s not recorded", fm.frame_id, dev.id)
     log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)
-    return {"id": key, "duplicate": False}
+    return FrameOut(id=key, duplicate=False)
 
 
 def _sentence_case(message: str) -> str:

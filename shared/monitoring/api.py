@@ -21,7 +21,7 @@ from shared.auth import Principal
 from shared.context import ApiPlugin, AppContext
 from shared.dependencies import ADMIN_ONLY, app_context, require_admin
 from shared.monitoring.rules import CheckReport, Monitor
-from shared.monitoring.status import monitoring_status
+from shared.monitoring.status import MonitoringStatus, monitoring_status
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ def monitoring_api(ctx: AppContext = Depends(app_context)) -> MonitoringApi:
 router = APIRouter(prefix="/v1/monitoring", tags=["monitoring"], responses=ADMIN_ONLY)
 
 
-@router.get("/status", summary="Drift per stream and feature, freshness, recent runs, open alerts (admins).")
+@router.get(
+    "/status",
+    response_model=MonitoringStatus,
+    summary="Drift per stream and feature, freshness, recent runs, open alerts (admins).",
+)
 def status(who: Principal = Depends(require_admin), api: MonitoringApi = Depends(monitoring_api)) -> dict:
     return monitoring_status(api.ctx.metadata, settings=api.ctx.settings, config=api.monitor.config)
 

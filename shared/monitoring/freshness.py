@@ -26,9 +26,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from fnmatch import fnmatchcase
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from sqlalchemy import func, select
 
 from shared.metadata.store import MetadataStore
@@ -36,6 +36,8 @@ from shared.metadata.tables import DocumentGroup, DocumentRow, IngestRun
 from shared.monitoring.clock import as_utc, resolve_now, seconds_between
 
 SUCCESS_STATUSES = ("succeeded", "partial")
+# A datetime that leaves as RFC 3339 with an offset: naive values (SQLite's) are taken as UTC.
+UtcDateTime = Annotated[datetime, AfterValidator(as_utc)]
 
 
 class FreshnessOverride(BaseModel):
@@ -63,7 +65,7 @@ class FreshnessSLOs(BaseModel):
 
 class SourceFreshness(BaseModel):
     source: str
-    last_success_at: datetime | None
+    last_success_at: UtcDateTime | None
     age_s: float | None = Field(description="Seconds since the last successful run; None if it never succeeded.")
     slo_s: float | None = Field(description="The SLO in seconds; None when the source has none.")
     breached: bool
@@ -74,7 +76,7 @@ class VisibleSource(SourceFreshness):
     """A source as a user sees it: its freshness plus the documents they can read in it."""
 
     documents: int
-    last_change_at: datetime | None = Field(description="When a readable document of it last changed.")
+    last_change_at: UtcDateTime | None = Field(description="When a readable document of it last changed.")
 
 
 def freshness(

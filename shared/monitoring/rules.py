@@ -32,7 +32,7 @@ from shared.monitoring.alert_store import Alert, AlertStore
 from shared.monitoring.alerts import AlertManager
 from shared.monitoring.clock import Clock, resolve_now
 from shared.monitoring.drift import DriftMonitor
-from shared.monitoring.freshness import freshness
+from shared.monitoring.freshness import UtcDateTime, freshness
 from shared.monitoring.monitoring_config import (
     DriftThresholds,
     MonitoringConfig,
@@ -47,7 +47,7 @@ DriftStatuses = Callable[[], Sequence[Any]]
 
 
 class CheckReport(BaseModel):
-    checked_at: datetime
+    checked_at: UtcDateTime
     raised: list[Alert]
     resolved: list[Alert]
     open: list[Alert]

@@ -10,14 +10,27 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
+from pydantic import BaseModel
+
 from shared.config import Settings
 from shared.metadata.store import MetadataStore
-from shared.monitoring.alert_store import AlertStore
+from shared.monitoring.alert_store import Alert, AlertStore
 from shared.monitoring.clock import Clock, resolve_now
-from shared.monitoring.freshness import freshness
+from shared.monitoring.drift import DriftStatus
+from shared.monitoring.freshness import SourceFreshness, UtcDateTime, freshness
 from shared.monitoring.monitoring_config import MonitoringConfig, load_monitoring_config
-from shared.monitoring.pipelines import recent_runs
+from shared.monitoring.pipelines import RunRecord, recent_runs
 from shared.monitoring.rules import drift_status_dict, drift_statuses
+
+
+class MonitoringStatus(BaseModel):
+    """The shape of `monitoring_status`, for the API's schema: every time in UTC."""
+
+    checked_at: UtcDateTime
+    drift: list[DriftStatus]
+    freshness: list[SourceFreshness]
+    recent_runs: list[RunRecord]
+    alerts: list[Alert]
 
 
 def monitoring_status(

@@ -35,6 +35,7 @@ def test_one_metadata_engine_serves_every_plugin(tmp_path: Path) -> None:
     ctx = app.state.ctx
     assert {p.name for p in ctx.plugins} >= {"rag", "vision", "monitoring"}
     with TestClient(app) as client:
+        assert ctx.services["rag"].warmup.wait(120)  # the embedding model loads in the background at start
         assert client.get("/readyz").json()["status"] == "ready"
         assert client.post("/v1/query", json={"question": "Anything?"}, headers=ADMIN).status_code == 200
         assert client.post("/v1/feedback", json={"question": "q", "rating": 1}, headers=ADMIN).status_code == 201
