@@ -23,6 +23,7 @@ from shared.metadata.store import MetadataStore
 from shared.metrics import ServiceMetrics
 from shared.monitoring.alert_store import AlertStore
 from shared.monitoring.drift import DriftMonitor
+from shared.monitoring.monitoring_config import MonitoringConfig, load_monitoring_config
 from shared.objectstore import LocalObjectStore, ObjectStore
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class AppContext:
     keys: KeyRegistry
     devices: DeviceRegistry
     metadata: MetadataStore
+    monitoring: MonitoringConfig
     drift: DriftMonitor
     alerts: AlertStore
     objects: ObjectStore
@@ -127,13 +129,15 @@ class AppContext:
     ) -> AppContext:
         """Everything from settings; each keyword replaces one part (tests pass real local instances)."""
         settings.ensure_home()
+        monitoring = load_monitoring_config(settings)  # a broken monitoring.yaml stops the start, naming the file
         store = metadata or MetadataStore(settings.resolved_database_url)
         ctx = cls(
             settings=settings,
             keys=keys if keys is not None else KeyRegistry.from_file(settings.resolved_api_keys_file),
             devices=devices if devices is not None else DeviceRegistry.from_file(settings.resolved_devices_file),
             metadata=store,
-            drift=DriftMonitor(store),
+            monitoring=monitoring,
+            drift=DriftMonitor(store, warn=monitoring.drift.warn, alert=monitoring.drift.alert),
             alerts=AlertStore(store),
             objects=LocalObjectStore(settings.home),
             metrics=ServiceMetrics(enabled=False),

@@ -106,7 +106,7 @@ def plugin(ctx: AppContext, *, monitor: Monitor | None = None, interval_s: float
     """Entry point of the `loopline.api` group; `monitor` and `interval_s` override for tests."""
     settings = ctx.settings
     stopping = threading.Event()
-    mon = monitor or Monitor.from_settings(settings, ctx.metadata, sleep=stopping.wait)
+    mon = monitor or Monitor(ctx.metadata, ctx.monitoring, sleep=stopping.wait, drift=ctx.drift.status)
     api = ctx.services["monitoring"] = MonitoringApi(ctx, mon)
     every = settings.monitor_interval_s if interval_s is None else interval_s
     periodic = PeriodicCheck(api.check, every, stop=stopping).start() if every > 0 else None

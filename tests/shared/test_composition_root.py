@@ -47,6 +47,7 @@ def test_one_metadata_engine_serves_every_plugin(tmp_path: Path) -> None:
     assert ctx.services["rag"].service.metadata is ctx.metadata
     assert ctx.services["vision"].drift.monitor is ctx.drift
     assert ctx.services["monitoring"].monitor.store is ctx.metadata
+    assert ctx.services["monitoring"].monitor.drift.__self__ is ctx.drift  # one drift monitor, not one per check
 
 
 def test_auth_is_declared_once(tmp_path: Path) -> None:
