@@ -438,14 +438,18 @@ def feedback(fb: FeedbackIn, who: Principal = Depends(require_user), api: RagApi
 def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
     """Entry point of the `loopline.api` group; tests pass a ready `service`.
 
-    The embedding model loads in the background from here on (`RagService.warm_up`), so the
-    first question is not the one that waits for it; `/readyz` answers 503 until it is loaded.
+    The embedding model loads in the background once the app starts serving (`RagService.warm_up`),
+    so the first question is not the one that waits for it; `/readyz` answers 503 until it is loaded.
     """
     svc = service or _service_with_drift(ctx)
     warmup = Warmup(
         f"loading the embedding model {svc.settings.embedding_model}", svc.warm_up, name="loopline-rag-warmup"
     )
-    ctx.services["rag"] = RagApi(svc, ctx, warmup=warmup.start())
+    ctx.services["rag"] = RagApi(svc, ctx, warmup=warmup)
+
+    def close() -> None:
+        warmup.join(timeout=120)  # a model still loading must finish before the stores close and the process exits
+        svc.close()
 
     def ready() -> dict:
         return {
@@ -454,7 +458,7 @@ def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
             WAITING_FOR: warmup.waiting_for(),
         }
 
-    return ApiPlugin(name="rag", router=router, ready=ready, close=svc.close, stop=svc.stop)
+    return ApiPlugin(name="rag", router=router, ready=ready, start=warmup.start, close=close, stop=svc.stop)
 
 
 def _service_with_drift(ctx: AppContext) -> RagService:

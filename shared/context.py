@@ -46,6 +46,7 @@ class ApiPlugin:
     router: APIRouter
     ready: Callable[[], dict] = lambda: {}
     close: Callable[[], None] = lambda: None
+    start: Callable[[], None] = lambda: None  # the app starts serving: begin background work (warm-ups)
     stop: Callable[[], None] = lambda: None  # abandon long work at once (SIGTERM); close follows
 
 
@@ -85,6 +86,12 @@ class Warmup:
             return
         self._done.set()
         log.info("%s: done in %.1f s", self.what, time.perf_counter() - t0)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Let a running try end (at shutdown: a thread left inside native code aborts the exit)."""
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
 
     def wait(self, timeout: float | None = None) -> bool:
         """True once the work is done (tests, and callers that would rather wait than be refused)."""
@@ -146,6 +153,11 @@ class AppContext:
         )
         ctx.metrics = ServiceMetrics.for_context(ctx, enabled=metrics)
         return ctx
+
+    def start(self) -> None:
+        """The app starts serving: plugins begin their background work."""
+        for plugin in self.plugins:
+            plugin.start()
 
     def stop(self) -> None:
         """The service is shutting down: every plugin abandons its long work now."""

@@ -150,6 +150,7 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
+        ctx.start()
         yield
         ctx.close()
 

@@ -119,7 +119,9 @@ def world(embedder, tmp_path_factory) -> Iterator[World]:
     svc = RagService(Settings(home=base / "home"), embedder_factory=lambda: embedder)
     root = base / "handbook"
     ingest_handbook(svc, root)
-    yield World(svc, make_client(svc), root)
+    with make_client(svc) as client:  # served: the app starts (and warms up) as `loopline serve` does
+        assert client.app.state.ctx.services["rag"].warmup.wait(60)
+        yield World(svc, client, root)
     svc.close()
 
 
