@@ -458,7 +458,15 @@ def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
             WAITING_FOR: warmup.waiting_for(),
         }
 
-    return ApiPlugin(name="rag", router=router, ready=ready, start=warmup.start, close=close, stop=svc.stop)
+    return ApiPlugin(
+        name="rag",
+        router=router,
+        ready=ready,
+        start=warmup.start,
+        close=close,
+        stop=svc.stop,
+        max_body_bytes=svc.settings.upload_max_bytes,
+    )
 
 
 def _service_with_drift(ctx: AppContext) -> RagService:

@@ -46,6 +46,7 @@ class ApiPlugin:
     router: APIRouter
     ready: Callable[[], dict] = lambda: {}
     close: Callable[[], None] = lambda: None
+    max_body_bytes: int = 0  # the largest request body its routes take (uploads); the app refuses larger ones first
     start: Callable[[], None] = lambda: None  # the app starts serving: begin background work (warm-ups)
     stop: Callable[[], None] = lambda: None  # abandon long work at once (SIGTERM); close follows
 

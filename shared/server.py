@@ -29,6 +29,7 @@ from shared.metadata.store import MetadataStore
 from shared.metrics import RequestMetricsMiddleware, metrics_router
 
 log = logging.getLogger(__name__)
+DEFAULT_BODY_BYTES = 1 << 20  # JSON requests; plugins that take uploads declare more
 
 __all__ = ["ApiPlugin", "AppContext", "create_app", "discover_plugins"]
 
@@ -162,15 +163,15 @@ def create_app(
     )
     app.state.ctx = ctx
     app.add_exception_handler(StarletteHTTPException, allow_all_methods)
-    body_limit = max(settings.upload_max_bytes, settings.frame_max_bytes) + (1 << 20)  # + multipart framing
-    app.add_middleware(BodySizeLimit, max_bytes=body_limit)
-    if ctx.metrics.enabled:
-        app.add_middleware(RequestMetricsMiddleware, metrics=ctx.metrics)
-        app.include_router(metrics_router(ctx.metrics, settings))
     for factory in plugins if plugins is not None else discover_plugins():
         plugin = factory(ctx)
         ctx.plugins.append(plugin)
         app.include_router(plugin.router)
+    body_limit = max([p.max_body_bytes for p in ctx.plugins] + [DEFAULT_BODY_BYTES]) + (1 << 20)  # + multipart framing
+    app.add_middleware(BodySizeLimit, max_bytes=body_limit)
+    if ctx.metrics.enabled:  # outside the size limit: refused bodies are counted too
+        app.add_middleware(RequestMetricsMiddleware, metrics=ctx.metrics)
+        app.include_router(metrics_router(ctx.metrics, settings))
 
     @app.get("/healthz", tags=["ops"], summary="The process is up.")
     async def healthz() -> HealthOut:  # on the event loop: answers even when every worker thread is busy

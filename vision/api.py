@@ -501,4 +501,9 @@ def plugin(
         return mv.version if mv is not None else None
 
     attach(ctx, frames=ctx.objects.scoped("frames"), models=models, drift=FleetDrift(drift or ctx.drift, production))
-    return ApiPlugin(name="vision", router=router, ready=lambda: {"devices": len(ctx.devices)})
+    return ApiPlugin(
+        name="vision",
+        router=router,
+        ready=lambda: {"devices": len(ctx.devices)},
+        max_body_bytes=ctx.settings.frame_max_bytes,
+    )
