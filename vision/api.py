@@ -25,7 +25,7 @@ from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Upload
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, WithJsonSchema
 
-from shared.auth import Device, DeviceRegistry
+from shared.auth import Device
 from shared.context import ApiPlugin, AppContext
 from shared.dependencies import DEVICE_ONLY, WITH_BODY, app_context, error, require_device
 from shared.monitoring.drift import DriftMonitor
@@ -488,12 +488,8 @@ def attach(ctx: AppContext, *, frames: ObjectStore, models: Any, drift: FleetDri
     return api
 
 
-def plugin(
-    ctx: AppContext, *, devices: DeviceRegistry | None = None, registry=None, drift: DriftMonitor | None = None
-) -> ApiPlugin:
-    """Entry point of the `loopline.api` group; tests pass `devices`, a `registry` and a `drift` monitor."""
-    if devices is not None:
-        ctx.devices = devices
+def plugin(ctx: AppContext, *, registry=None, drift: DriftMonitor | None = None) -> ApiPlugin:
+    """Entry point of the `loopline.api` group; tests pass a `registry` and a `drift` monitor (devices go to the root)."""
     models = _Models(ctx, registry)
 
     def production(fleet: str) -> str | None:

@@ -14,12 +14,15 @@ from fastapi.testclient import TestClient
 
 pytest.importorskip("ultralytics")
 
-from shared.auth import KeyRegistry  # noqa: E402
+from shared.auth import (  # noqa: E402
+    Device,
+    DeviceRegistry,
+    KeyRegistry,  # noqa: E402
+)
 from shared.config import Settings  # noqa: E402
 from shared.metadata import MetadataStore  # noqa: E402
 from shared.server import create_app  # noqa: E402
 from vision.datasets.synth import generate  # noqa: E402
-from vision.devices import Device, DeviceRegistry  # noqa: E402
 
 CAM1, CAM2 = "token-cam-01-aaaaaaaaaaaa", "token-cam-02-bbbbbbbbbbbb"
 
@@ -43,8 +46,9 @@ def central(tmp_path_factory: pytest.TempPathFactory):
     )
     app = create_app(
         settings,
-        plugins=[lambda ctx: vision.api.plugin(ctx, devices=devices, registry=registry)],
+        plugins=[lambda ctx: vision.api.plugin(ctx, registry=registry)],
         keys=KeyRegistry([]),
+        devices=devices,
     )
     with TestClient(app) as client:
         yield client, registry, res.version, settings

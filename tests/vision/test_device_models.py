@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from shared.auth import KeyRegistry
-from vision.devices import Device, DeviceRegistry
+from shared.auth import Device, DeviceRegistry, KeyRegistry
 
 TOKEN = "token-cam-07-ccccccccccccc"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -22,8 +21,9 @@ def client(versions):
     devices = DeviceRegistry([Device(id="cam-07", fleet="line-1", token=TOKEN)])
     app = create_app(
         versions.settings,
-        plugins=[lambda ctx: vision.api.plugin(ctx, devices=devices, registry=versions.registry)],
+        plugins=[lambda ctx: vision.api.plugin(ctx, registry=versions.registry)],
         keys=KeyRegistry([]),
+        devices=devices,
     )
     with TestClient(app) as c:
         yield c

@@ -19,7 +19,7 @@ from fastapi.testclient import TestClient
 from edge.metrics import Metrics
 from edge.quality import QUALITY_EDGES, FixedHistograms, frame_quality
 from edge.types import Detection
-from shared.auth import KeyRegistry
+from shared.auth import Device, DeviceRegistry, KeyRegistry
 from shared.config import Settings
 from shared.metadata import MetadataStore
 from shared.monitoring.drift import DriftMonitor
@@ -33,7 +33,6 @@ from shared.monitoring.psi import (
 from shared.server import create_app
 from vision.api import FleetDrift
 from vision.datasets.synth import CLASSES, Shift, render_plate
-from vision.devices import Device, DeviceRegistry
 from vision.registry import ModelVersion
 
 CAM1, CAM2 = "token-cam-01-aaaaaaaaaaaa", "token-cam-02-bbbbbbbbbbbb"
@@ -93,8 +92,9 @@ def central(tmp_path: Path):
     registry = Promotions({"line-1": "3", "line-2": "3"})
     app = create_app(
         Settings(home=tmp_path / "home"),
-        plugins=[lambda ctx: vision.api.plugin(ctx, devices=devices, registry=registry, drift=monitor)],
+        plugins=[lambda ctx: vision.api.plugin(ctx, registry=registry, drift=monitor)],
         keys=KeyRegistry([]),
+        devices=devices,
         metrics=False,
     )
     with TestClient(app) as client:

@@ -61,7 +61,7 @@ class FleetModels:
 @pytest.fixture
 def client(tmp_path: Path):
     import vision.api
-    from vision.devices import Device, DeviceRegistry
+    from shared.auth import Device, DeviceRegistry
 
     model = tmp_path / "model.fp32.onnx"
     model.write_bytes(mean_model(1.0))
