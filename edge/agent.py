@@ -140,7 +140,7 @@ class DeviceAgent:
         now = self._clock()
         selected, reason = self.selector.decide(frame, detections, now)
         if selected and reason is not None:
-            selected = self._keep(frame, detections, reason, now)
+            selected = self._keep(frame_id, frame, detections, reason, now)
         elif reason is not None:
             self.metrics.count("selection_suppressed", reason)
         return FrameResult(frame_id, detections, latency * 1000, selected=selected, reason=reason)
@@ -153,7 +153,9 @@ class DeviceAgent:
             self.metrics.count("quality_errors")
             log.debug("frame quality not computed: %s", exc)
 
-    def _keep(self, frame: np.ndarray, detections: list[Detection], reason: str, now: float) -> bool:
+    def _keep(self, frame_id: str, frame: np.ndarray, detections: list[Detection], reason: str, now: float) -> bool:
+        """Store the frame with its record; the metrics snapshot is taken now, so the drift counts
+        it carries are those at capture time (central buckets them by `captured_at`)."""
         ok, buf = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             log.error("frame could not be JPEG-encoded; not stored")
@@ -163,6 +165,8 @@ class DeviceAgent:
             "model_version": self._model.version if self._model else None,
             "reason": reason,
             "predictions": [d.to_json() for d in detections],
+            "source_frame": Path(frame_id).name[:255],  # the device's own name (an image file's name)
+            "metrics": self.metrics.snapshot(),
         }
         stored = self.outbox.store(buf.tobytes(), meta)
         self.metrics.record_selection(reason)
@@ -382,11 +386,20 @@ def agent(
     def test_load(path: Path) -> None:
         factory(path).detect(np.zeros((320, 320, 3), np.uint8))
 
+    updater: ModelUpdater | None = None  # made once the home is locked; the selector asks it per frame
+
+    def reference() -> dict | None:
+        info = updater.current() if updater is not None else None
+        return info.reference if info is not None else None
+
+    def boost() -> float:
+        return updater.sampling_boost() if updater is not None else 1.0
+
     try:
         if rules_file:
-            selector = FrameSelector.from_config(json.loads(rules_file.read_text()))
+            selector = FrameSelector.from_config(json.loads(rules_file.read_text()), reference=reference, boost=boost)
         else:
-            selector = default_selector(conf)
+            selector = default_selector(conf, reference=reference, boost=boost)
     except (ValueError, OSError) as exc:  # JSON and config errors are ValueErrors, listing every problem
         raise click.ClickException(f"--rules {rules_file}: {exc}") from exc
     home.mkdir(parents=True, exist_ok=True)

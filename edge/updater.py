@@ -1,8 +1,11 @@
 """Model updates on the device: poll, download, verify, test-load, swap atomically, roll back.
 
 `GET {central}/v1/devices/model?fleet=F` (Bearer token) answers the fleet's model:
-`{"version", "sha256", "size", "precision", "url", "names", "imgsz"}` with `url` relative to
-central (an absolute URL is used as is). A new version is downloaded to a temp file in the
+`{"version", "sha256", "size", "precision", "url", "names", "imgsz", "reference", "sampling"}`
+with `url` relative to central (an absolute URL is used as is). `reference` (the quality
+histograms of the training frames, for the input-drift rule) is kept with the model;
+`sampling` (`{"boost", "reason"}`: central asks for more frames while the fleet drifts) is
+remembered from every answer, also when the model is up to date. A new version is downloaded to a temp file in the
 models folder, checked (size, sha256), test-loaded by the injected `loader(path)` and only
 then made current by replacing the `current` pointer file (os.replace); the old pointer
 becomes `previous`. A version that failed to load, failed at run time or whose download did
@@ -26,7 +29,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from enum import Enum
 from http.client import HTTPException, IncompleteRead
 from pathlib import Path
@@ -51,6 +54,7 @@ class ModelInfo:
     names: Any = None
     imgsz: Any = None
     installed_at: float = 0.0
+    reference: Any = None  # {feature: {"edges", "counts"}} over the training frames, or None
 
     def key(self) -> str:
         return f"{self.version}:{self.sha256}"
@@ -97,6 +101,7 @@ class ModelUpdater:
         self._clock = clock
         self.timeout = timeout
         self._lock = threading.Lock()
+        self._sampling: dict[str, Any] = {"boost": 1.0, "reason": None}
         self._current = self._read_pointer(CURRENT)
         self._previous = self._read_pointer(PREVIOUS)
         if self._current is None and self._previous is not None:
@@ -116,6 +121,14 @@ class ModelUpdater:
     def path(self, info: ModelInfo) -> Path:
         return self.dir / info.file
 
+    def sampling(self) -> dict[str, Any]:
+        """Central's last word on sampling: {"boost", "reason"}; boost 1.0 before any answer,
+        the last one kept while central is unreachable."""
+        return dict(self._sampling)
+
+    def sampling_boost(self) -> float:
+        return float(self._sampling["boost"])
+
     def rejected(self) -> dict[str, str]:
         """{version:sha256 -> why} of versions that will not be installed again."""
         try:
@@ -133,6 +146,7 @@ class ModelUpdater:
         except _Unavailable as exc:
             log.warning("model update check failed: %s; keeping %s", exc, self._describe_current())
             return UpdateResult(UpdateStatus.UNAVAILABLE, detail=str(exc))
+        self._follow_sampling(manifest)
         problem = _manifest_problem(manifest)
         if problem:
             log.error("model manifest from central is invalid (%s); keeping %s", problem, self._describe_current())
@@ -142,6 +156,7 @@ class ModelUpdater:
         version, sha = str(manifest["version"]), manifest["sha256"].lower()
         cur = self._current
         if cur is not None and (cur.version, cur.sha256) == (version, sha):
+            self._follow_reference(cur, _reference_of(manifest))
             return UpdateResult(UpdateStatus.UP_TO_DATE, version)
         if f"{version}:{sha}" in self.rejected():
             return UpdateResult(UpdateStatus.SKIPPED, version, self.rejected()[f"{version}:{sha}"])
@@ -149,6 +164,34 @@ class ModelUpdater:
         if prev is not None and (prev.version, prev.sha256) == (version, sha):
             return self._swap_back(prev.key())  # central went back to the model we still have: no download
         return self._install(manifest, version, sha)
+
+    def _follow_sampling(self, manifest: Any) -> None:
+        """Remember central's sampling wish; an answer without one (an older central) means 1.0."""
+        raw = manifest.get("sampling") if isinstance(manifest, dict) else None
+        boost, reason = 1.0, None
+        if isinstance(raw, dict):
+            value = raw.get("boost", 1.0)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < float("inf"):
+                boost = float(value)
+            else:
+                log.warning("central's sampling boost %r is not a number >= 0; using 1.0", value)
+            reason = raw.get("reason") if isinstance(raw.get("reason"), str) else None
+        if boost != self._sampling["boost"]:
+            log.info("central asks for %g× frame sampling now (%s)", boost, reason or "no reason given")
+        self._sampling = {"boost": boost, "reason": reason}
+
+    def _follow_reference(self, cur: ModelInfo, reference: Any) -> None:
+        """The model is the same but its reference is new (exported before references existed, then
+        backfilled): keep the new one with the model, without downloading anything."""
+        if reference is None or reference == cur.reference:
+            return
+        with self._lock:
+            if self._current is not cur:  # changed meanwhile; the next poll decides
+                return
+            info = replace(cur, reference=reference)
+            self._write_pointer(CURRENT, info)
+            self._current = info
+        log.info("model %s: input reference updated from central", cur.version)
 
     def _swap_back(self, key: str) -> UpdateResult:
         with self._lock:
@@ -195,6 +238,7 @@ class ModelUpdater:
             names=manifest.get("names"),
             imgsz=manifest.get("imgsz"),
             installed_at=self._clock(),
+            reference=_reference_of(manifest),
         )
         os.replace(part, self.dir / info.file)
         _fsync_dir(self.dir)
@@ -367,6 +411,12 @@ def _manifest_problem(m: Any) -> str | None:
     if not isinstance(m["url"], str) or not m["url"]:
         return f"url must be a non-empty string, got {m['url']!r}"
     return None
+
+
+def _reference_of(manifest: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest's input reference when it is an object (the selection rule checks its content)."""
+    reference = manifest.get("reference")
+    return reference if isinstance(reference, dict) and reference else None
 
 
 def _resolve(central: str, url: str) -> str:

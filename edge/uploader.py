@@ -94,7 +94,12 @@ def direct_opener() -> urllib.request.OpenerDirector:
 class Uploader:
     """Sends due outbox frames; clock, sleep, RNG and HTTP opener are passed in for tests.
 
-    `metrics_snapshot` (optional) is called per upload and sent as meta["metrics"].
+    The agent stores each frame with the metrics snapshot of its capture time, which is sent
+    as is (central buckets its drift counts by `captured_at`). `metrics_snapshot` (optional)
+    is what frames stored without one (by older versions) send as meta["metrics"]; a frame kept
+    by an earlier run of the agent (another drift `epoch`) is sent without its drift counts,
+    since central follows one run's running totals per device and two runs' totals
+    interleaved (a deferred frame after a restart) would be counted twice.
     """
 
     def __init__(
@@ -203,7 +208,7 @@ class Uploader:
         meta["device_id"] = self.device_id
         meta["frame_id"] = item.frame_id
         if self._metrics is not None:
-            meta["metrics"] = self._metrics()
+            meta["metrics"] = _with_current_metrics(meta.get("metrics"), self._metrics())
         meta.setdefault("metrics", {})
         body, ctype = encode_multipart(
             [
@@ -238,6 +243,17 @@ class Uploader:
         if 200 <= status < 300:
             return Outcome.DELIVERED, "", None
         return Outcome.RETRY, f"unexpected HTTP {status}", None
+
+
+def _with_current_metrics(stored: Any, current: dict[str, Any]) -> dict[str, Any]:
+    """The metrics to send with a stored frame: its own snapshot, the current one if it has none."""
+    if not isinstance(stored, dict):
+        return current
+    kept_in = stored.get("drift", {}).get("epoch") if isinstance(stored.get("drift"), dict) else None
+    now_in = current.get("drift", {}).get("epoch") if isinstance(current.get("drift"), dict) else None
+    if kept_in is not None and now_in is not None and kept_in != now_in:
+        return {k: v for k, v in stored.items() if k != "drift"}
+    return stored
 
 
 def _body_text(exc: urllib.error.HTTPError) -> str:

@@ -48,6 +48,11 @@ EXTRAS = {
     "eval": "eval",
     "monitor": "rag",
     "monitoring": "rag",
+    # Labeling talks to Label Studio with label-studio-sdk (the server has its own venv).
+    "labelstudio": "label",
+    "loop": "label",
+    "demo": "label",
+    "labeling": "vision",  # the webhook route and the periodic loop (MLflow for the classes)
 }
 
 

@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,6 +39,13 @@ MAX_SIDE = 8192
 IMAGE_MAGIC = {b"\xff\xd8\xff": "image/jpeg", b"\x89PNG\r\n\x1a\n": "image/png"}
 
 
+class Sampling(BaseModel):
+    boost: float = Field(
+        1.0, description="Multiply the random and input-drift sampling shares by this (capped at 100%)."
+    )
+    reason: str | None = Field(None, description="Why the boost is not 1: the open drift alert(s) of the fleet.")
+
+
 class ModelInfo(BaseModel):
     version: str
     sha256: str
@@ -45,6 +54,13 @@ class ModelInfo(BaseModel):
     url: str
     names: list[str] = Field(default_factory=list)
     imgsz: int
+    reference: dict[str, Any] | None = Field(
+        None,
+        description="Frame-quality histograms of the training images, {feature: {edges, counts}} over fixed bins "
+        "(-inf, e0), [e0, e1), …, [e_last, inf); the device compares its recent frames with them. None when the "
+        "version was exported without one.",
+    )
+    sampling: Sampling = Field(default_factory=Sampling, description="How much to sample now, as central asks.")
 
 
 FRAME_META_EXAMPLE = {
@@ -53,6 +69,7 @@ FRAME_META_EXAMPLE = {
     "captured_at": "2026-11-27T13:18:21.415+00:00",
     "model_version": "1",
     "reason": "close_to_threshold",
+    "source_frame": "plate-000123.png",
     "predictions": [{"cls": 0, "name": "scratch", "score": 0.48, "box": [12.0, 8.5, 40.0, 30.0]}],
     "metrics": {},
 }
@@ -66,6 +83,9 @@ class FrameMeta(BaseModel):
     captured_at: float | str | None = None
     model_version: str | None = None
     reason: str | None = None
+    source_frame: str | None = Field(
+        None, max_length=255, description="The device's own name for the frame (an image file's name)."
+    )
     predictions: list[dict[str, Any]] = Field(default_factory=list)
     metrics: dict[str, Any] = Field(default_factory=dict)
 
@@ -110,6 +130,8 @@ class _Models:
                 detail=f"version {mv.version} has no exported {precision} ONNX model: run `loopline vision export {mv.version}`",
             )
         names = _readable_names(path, mv.version, precision, mv.tags.get(f"onnx.{precision}.size"))
+        from vision.release import read_reference
+
         return (
             ModelInfo(
                 version=mv.version,
@@ -119,6 +141,7 @@ class _Models:
                 url=f"/v1/devices/model/download?version={mv.version}&precision={precision}",
                 names=names,
                 imgsz=int(mv.tags.get("imgsz", 0)),
+                reference=read_reference(path.parent),
             ),
             path,
         )
@@ -127,6 +150,44 @@ class _Models:
 def drift_stream(fleet: str) -> str:
     """The monitored stream of a fleet's frames: `vision:FLEET`."""
     return f"vision:{fleet}"
+
+
+def sampling_of(ctx: AppContext, fleet: str) -> Sampling:
+    """The boost (`drift_sampling_boost`) while a drift alert is open on the fleet's stream, else 1:
+    devices send more of what they see while the fleet drifts, and fall back once it resolves."""
+    alerts = getattr(ctx, "alerts", None)  # a context without an alert store (a bare device API) boosts nothing
+    if alerts is None:
+        return Sampling()
+    stream = drift_stream(fleet)
+    features = sorted(
+        a.key.rsplit("/", 1)[1]
+        for a in alerts.open_alerts("drift")
+        if "/" in a.key and a.key.rsplit("/", 1)[0] == stream
+    )
+    if not features:
+        return Sampling()
+    return Sampling(
+        boost=ctx.settings.drift_sampling_boost, reason=f"drift alert open on {stream}: {', '.join(features)}"
+    )
+
+
+def captured_time(value: float | str | None, now: datetime) -> datetime:
+    """When a frame was captured (ISO 8601, naive read as UTC, or epoch seconds); `now` when
+    unknown or unreadable, or when it lies in the future (a device clock ahead)."""
+    at: datetime | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        try:
+            at = datetime.fromtimestamp(value, UTC)
+        except (OverflowError, OSError, ValueError):
+            at = None
+    elif isinstance(value, str):
+        try:
+            at = datetime.fromisoformat(value.strip())
+        except ValueError:
+            at = None
+        if at is not None and at.tzinfo is None:
+            at = at.replace(tzinfo=UTC)
+    return now if at is None or at > now else at
 
 
 _FEATURE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -140,11 +201,13 @@ class FleetDrift:
     Devices send running totals over fixed bins of frame quality (brightness, contrast,
     sharpness, colour balance) and predictions (max score, detections, class) for *every*
     frame they process, in `meta.metrics.drift`; the predictions of the uploaded frame itself
-    are not used, since selected frames are chosen for being unusual. References follow
-    promotions lazily: on an upload, at most every `recheck_s` per fleet, the fleet's
-    production version is read from the registry and, when it differs from the label of the
-    stream's reference, a new reference is requested — frozen from what arrives from then on,
-    once there is enough of it (so the new model's own predictions become the normal).
+    are not used, since selected frames are chosen for being unusual. The device takes the
+    counts when it keeps a frame, so what grew lands in the bucket of `captured_at`.
+    References follow promotions lazily: on an upload, at most every `recheck_s` per fleet,
+    the fleet's production version is read from the registry and, when it differs from the
+    label of the stream's reference, a new reference is requested — frozen from what arrives
+    from then on, once there is enough of it (so the new model's own predictions become the
+    normal).
     """
 
     def __init__(
@@ -162,8 +225,11 @@ class FleetDrift:
         self._next_check: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def feed(self, device_id: str, fleet: str, metrics: dict[str, Any]) -> float:
-        """Add what grew since the device's last upload; returns the number of observations added."""
+    def feed(
+        self, device_id: str, fleet: str, metrics: dict[str, Any], captured_at: float | str | None = None
+    ) -> float:
+        """Add what grew since the device's last upload, in the bucket of the frame's capture
+        time (the device took the counts then); returns the number of observations added."""
         payload = metrics.get("drift")
         if not isinstance(payload, dict):
             return 0.0
@@ -180,7 +246,12 @@ class FleetDrift:
         stream = drift_stream(fleet)
         try:
             added = self.monitor.record_totals(
-                stream, source=device_id, epoch=str(payload.get("epoch") or "")[:64], histograms=hist, categories=cats
+                stream,
+                source=device_id,
+                epoch=str(payload.get("epoch") or "")[:64],
+                histograms=hist,
+                categories=cats,
+                at=captured_time(captured_at, self.monitor.now()),
             )
         except (ValueError, TypeError, KeyError) as exc:
             log.warning("drift counts from device %s ignored: %s", device_id, exc)
@@ -269,6 +340,9 @@ def me(dev: Device = Depends(require_device), api: VisionApi = Depends(vision_ap
     "/model",
     response_model=ModelInfo,
     summary="The production model this device's fleet should run.",
+    description="With the version's input reference (quality histograms of its training frames, for the "
+    "device's input-drift rule) and how much to sample now: `sampling.boost` is LOOPLINE_DRIFT_SAMPLING_BOOST "
+    "while a drift alert is open on the fleet's stream `vision:FLEET`, else 1.",
     responses=error(403, "`fleet` names another fleet than the device's.") | NO_MODEL,
 )
 def current_model(
@@ -276,7 +350,8 @@ def current_model(
 ) -> ModelInfo:
     if fleet and fleet != dev.fleet:
         raise HTTPException(403, detail=f"device '{dev.id}' belongs to fleet '{dev.fleet}', not '{fleet}'")
-    return api.models.current(dev.fleet)[0]
+    info = api.models.current(dev.fleet)[0]
+    return info.model_copy(update={"sampling": sampling_of(api.ctx, dev.fleet)})
 
 
 @router.get(
@@ -369,7 +444,7 @@ def upload_frame(
     api.ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
     if api.drift is not None:
         try:
-            api.drift.feed(dev.id, dev.fleet, fm.metrics)
+            api.drift.feed(dev.id, dev.fleet, fm.metrics, fm.captured_at)
         except Exception:  # monitoring must never refuse a frame
             log.exception("drift counts of frame %s from %s not recorded", fm.frame_id, dev.id)
     log.info("frame %s from %s (%s)", fm.frame_id, dev.id, fm.reason)

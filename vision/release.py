@@ -4,12 +4,19 @@ Every variant (FP32, optionally INT8 and FP16) is scored on the validation split
 FP32 and timed with the edge runtime on this machine; one is marked preferred only when it
 is faster here and within tolerance of FP32's mAP50. On AVX2 CPUs without VNNI, INT8 is
 often no faster than FP32, and then FP32 stays preferred.
+
+The export also writes the version's input reference (`reference.json` beside the ONNX
+files, logged to MLflow under `reference/`): histograms of the frame-quality features of the
+training images, `{feature: {"edges": [...], "counts": [...]}}` over the device's fixed bins
+(`edge.quality.QUALITY_EDGES`), which devices compare their recent frames with.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -24,6 +31,8 @@ from vision.validation import evaluate_detector
 from vision.yolo_env import prepare_ultralytics
 
 log = logging.getLogger(__name__)
+REFERENCE_FILE = "reference.json"
+REFERENCE_IMAGES = 500  # training images the input reference is counted over, at most
 MAP_TOLERANCE = 0.01  # one mAP50 point
 SPEEDUP_NEEDED = 0.95  # a variant must take under 95% of FP32's time to be preferred
 
@@ -119,7 +128,7 @@ def export_version(
     imgsz = int(mv.tags.get("imgsz", 160))
     data_yaml = data_yaml or _data_of(registry, mv.version)
     variants = 1 + int8 + fp16
-    step = _Steps(on_step, total=variants * 3 + 1)  # make, score and time each; choose and record
+    step = _Steps(on_step, total=variants * 3 + 2)  # make, score and time each; reference; choose and record
     with step(f"export FP32 ONNX ({imgsz} px)"):
         onnx: dict[str, Path] = {"fp32": export_onnx(weights, folder / "model.fp32.onnx", imgsz=imgsz)}
     if int8:
@@ -147,6 +156,15 @@ def export_version(
             "mAP50-95": acc["mAP50-95"],
             "latency_ms": latency,
         }
+    train = _val_images(data_yaml, "train")
+    train = train[:: max(1, math.ceil(len(train) / REFERENCE_IMAGES))]  # spread over the whole split
+    with step(f"count the input reference (frame quality of {len(train)} training images)") as found:
+        reference_path, used = write_reference(folder, train)
+        if reference_path is not None:
+            registry.log_artifact(mv.version, reference_path, artifact_path="reference")
+            found.append(f"{used} images")
+        else:  # devices then get no reference and their input-drift rule stays off
+            found.append("no readable training image: no reference")
     with step("choose the preferred variant and record it") as found:
         preferred = choose_preferred(report)
         found.append(f"preferred {preferred}")
@@ -163,7 +181,55 @@ def export_version(
         "onnx": {p: str(x) for p, x in onnx.items()},
         "variants": report,
         "preferred": preferred,
+        "reference": str(reference_path) if reference_path else None,
     }
+
+
+def input_reference(images: list[Path]) -> tuple[dict[str, dict[str, list[float]]], int]:
+    """({feature: {"edges", "counts"}}, images counted): frame quality of `images` (unreadable
+    ones skipped) over the device's fixed bins, as `edge.quality.FixedHistograms` counts them."""
+    import cv2
+
+    from edge.quality import QUALITY_EDGES, FixedHistograms, frame_quality
+
+    counts = FixedHistograms(QUALITY_EDGES)
+    used = 0
+    for path in images:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            log.warning("input reference: %s is not a readable image; skipped", path)
+            continue
+        counts.add(frame_quality(image))
+        used += 1
+    return {name: {"edges": list(counts.edges[name]), "counts": c} for name, c in counts.counts.items()}, used
+
+
+def write_reference(folder: Path, images: list[Path]) -> tuple[Path | None, int]:
+    """Count the input reference of `images` into `folder`/reference.json: (its path, images
+    counted); (None, 0) and no file when no image was readable."""
+    reference, used = input_reference(images)
+    path = folder / REFERENCE_FILE
+    if not used:
+        path.unlink(missing_ok=True)
+        return None, 0
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(reference))
+    tmp.replace(path)  # the API reads it while devices poll: never half a file
+    return path, used
+
+
+def read_reference(folder: Path) -> dict | None:
+    """The input reference export wrote in a version's model folder; None when there is none
+    (exported before references existed) or it is unreadable."""
+    path = folder / REFERENCE_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning("input reference %s is unreadable (%s); devices get none", path, exc)
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def choose_preferred(report: dict[str, dict]) -> str:

@@ -1,14 +1,17 @@
 """What every frame-selection rule shares: the rule shape, parameter checks, config errors.
 
 Rules are tiny predicates over one frame and its detections; they do not rate-limit or
-deduplicate (that is `FrameSelector`'s job) and they never see other frames.
+deduplicate (that is `FrameSelector`'s job). A rule that needs the recent past (input drift)
+also has `observe(frame, detections)`, which the selector calls for every frame before any
+rule is asked, so its memory does not depend on the rules before it.
 """
 
 from __future__ import annotations
 
+import math
 import random
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -27,7 +30,10 @@ class SelectionConfigError(ValueError):
 
 
 class Rule(Protocol):
-    """A named predicate: does this frame deserve a human label?"""
+    """A named predicate: does this frame deserve a human label?
+
+    Optionally also `observe(frame_bgr, detections) -> None`, called for every frame first.
+    """
 
     name: str
     type: str
@@ -35,11 +41,38 @@ class Rule(Protocol):
     def matches(self, frame_bgr: np.ndarray, detections: Sequence[Detection]) -> bool: ...
 
 
+def no_reference() -> Mapping[str, Any] | None:
+    return None
+
+
+def no_boost() -> float:
+    return 1.0
+
+
 @dataclass(frozen=True)
 class BuildContext:
-    """What builders may need beyond their own params (passed in so tests can seed it)."""
+    """What builders may need beyond their own params (passed in so tests can seed or set it).
+
+    `reference()` answers the input reference of the model running now (histograms of the
+    training frames' quality features, `{feature: {"edges", "counts"}}`), None without one;
+    `boost()` answers central's sampling multiplier (1.0 normally, more while a fleet drifts).
+    Both are asked per frame, so they follow model updates and central's wishes.
+    """
 
     rng: random.Random
+    reference: Callable[[], Mapping[str, Any] | None] = field(default=no_reference)
+    boost: Callable[[], float] = field(default=no_boost)
+
+
+def boosted(share: float, boost: Callable[[], float]) -> float:
+    """`share` times the boost asked for now, capped at 1 (a boost that is not a number >= 0 counts as 1)."""
+    try:
+        factor = float(boost())
+    except (TypeError, ValueError):
+        factor = 1.0
+    if not math.isfinite(factor) or factor < 0:
+        factor = 1.0
+    return min(1.0, share * factor)
 
 
 @dataclass(frozen=True)
@@ -127,6 +160,21 @@ class Params:
             names=frozenset(v for v in items if isinstance(v, str)),
             ids=frozenset(v for v in items if isinstance(v, int)),
         )
+
+    def names(self, key: str, *, default: Sequence[str], known: Sequence[str]) -> tuple[str, ...]:
+        """A non-empty list of names, each one of `known`."""
+        value = self._get(key, list(default))
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) for v in items):
+            self.problems.append(f"param '{key}' must be a non-empty list of names, got {value!r}")
+            return tuple(default)
+        unknown = [v for v in items if v not in known]
+        if unknown:
+            self.problems.append(
+                f"param '{key}': unknown {', '.join(repr(v) for v in unknown)} (known: {', '.join(known)})"
+            )
+            return tuple(v for v in items if v in known)
+        return tuple(dict.fromkeys(items))
 
     def problem(self, message: str) -> None:
         self.problems.append(message)

@@ -13,8 +13,8 @@ from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from edge.selection import classes, close_to_threshold, detections_number, random_share
-from edge.selection.base import BuildContext, Params, Rule, SelectionConfigError
+from edge.selection import classes, close_to_threshold, detections_number, input_drift, random_share
+from edge.selection.base import BuildContext, Params, Rule, SelectionConfigError, no_boost, no_reference
 
 Builder = Callable[[str, Params, BuildContext], Rule]
 
@@ -24,6 +24,7 @@ RULE_BUILDERS: Mapping[str, Builder] = MappingProxyType(
         classes.TYPE: classes.build,
         detections_number.TYPE: detections_number.build,
         random_share.TYPE: random_share.build,
+        input_drift.TYPE: input_drift.build,
     }
 )
 
@@ -33,13 +34,21 @@ def load_rules(
     *,
     rng: random.Random | None = None,
     builders: Mapping[str, Builder] = RULE_BUILDERS,
+    reference: Callable[[], Mapping[str, Any] | None] | None = None,
+    boost: Callable[[], float] | None = None,
 ) -> list[Rule]:
-    """Build the rules of `config`, in order; raise SelectionConfigError listing every problem."""
+    """Build the rules of `config`, in order; raise SelectionConfigError listing every problem.
+
+    `reference` and `boost` are the providers of `BuildContext` (no reference, boost 1 if unset)."""
     if isinstance(config, (str, bytes)) or not isinstance(config, Sequence):
         raise SelectionConfigError(
             [f"rules must be a list of {{type, name, ...params}} objects, got {type(config).__name__}"]
         )
-    ctx = BuildContext(rng=rng if rng is not None else random.Random())
+    ctx = BuildContext(
+        rng=rng if rng is not None else random.Random(),
+        reference=reference or no_reference,
+        boost=boost or no_boost,
+    )
     problems: list[str] = []
     rules: list[Rule] = []
     seen: dict[str, int] = {}

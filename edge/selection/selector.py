@@ -56,6 +56,7 @@ class FrameSelector:
             if value is not None and value < 0:
                 raise SelectionConfigError([f"{label} must be >= 0 or None, got {value}"])
         self.rules = list(rules)
+        self._observers = [r.observe for r in self.rules if callable(getattr(r, "observe", None))]
         self.per_minute = per_minute
         self.per_day = per_day
         self.dedup_distance = dedup_distance
@@ -74,11 +75,14 @@ class FrameSelector:
         *,
         rng: random.Random | None = None,
         clock: Callable[[], float] = time.time,
+        reference: Callable[[], Mapping[str, Any] | None] | None = None,
+        boost: Callable[[], float] | None = None,
     ) -> FrameSelector:
         """From data: {"rules": [...], "per_minute", "per_day", "dedup_distance", "dedup_window"}
-        (or just the rules list: no limits, no dedup). Every problem is reported at once."""
+        (or just the rules list: no limits, no dedup). Every problem is reported at once.
+        `reference` and `boost` are passed to the rules (see `BuildContext`)."""
         if not isinstance(config, Mapping):
-            return cls(load_rules(config, rng=rng), clock=clock)
+            return cls(load_rules(config, rng=rng, reference=reference, boost=boost), clock=clock)
         problems = [f"unknown setting '{k}' (known: {', '.join(_SETTINGS)})" for k in config if k not in _SETTINGS]
         limits: dict[str, int | None] = {}
         for key in _SETTINGS[1:]:
@@ -88,7 +92,7 @@ class FrameSelector:
             else:
                 limits[key] = value
         try:
-            rules = load_rules(config.get("rules", []), rng=rng)
+            rules = load_rules(config.get("rules", []), rng=rng, reference=reference, boost=boost)
         except SelectionConfigError as exc:
             problems.extend(exc.problems)
         if problems:
@@ -100,6 +104,8 @@ class FrameSelector:
         self, frame_bgr: np.ndarray, detections: Sequence[Detection], now: float | None = None
     ) -> tuple[bool, str | None]:
         """(selected, reason): reason is the first matching rule's name, None when no rule matched."""
+        for observe in self._observers:
+            observe(frame_bgr, detections)
         reason = next((r.name for r in self.rules if r.matches(frame_bgr, detections)), None)
         if reason is None:
             return False, None
@@ -142,15 +148,25 @@ def _expire(window: deque[float], before: float) -> None:
 
 
 def default_selector(
-    conf: float, *, clock: Callable[[], float] = time.time, rng: random.Random | None = None
+    conf: float,
+    *,
+    clock: Callable[[], float] = time.time,
+    rng: random.Random | None = None,
+    reference: Callable[[], Mapping[str, Any] | None] | None = None,
+    boost: Callable[[], float] | None = None,
 ) -> FrameSelector:
-    """Hesitant detections (score within 0.1 of conf) plus a 2% random sample,
-    at most 10 frames a minute and 1000 a day, near-duplicates (<= 3 bits of 64) dropped."""
+    """Hesitant detections (score within 0.1 of conf), a quarter of the frames while the input
+    drifts from the model's reference ("drift"), and a 2% random sample, the last two times
+    central's boost; at most 10 frames a minute and 1000 a day, near-duplicates (<= 3 bits of
+    64) dropped."""
     rules = load_rules(
         [
             {"type": "close_to_threshold", "name": "uncertain", "threshold": conf, "delta": 0.1},
+            {"type": "input_drift", "name": "drift"},
             {"type": "random", "name": "random", "share": 0.02},
         ],
         rng=rng,
+        reference=reference,
+        boost=boost,
     )
     return FrameSelector(rules, per_minute=10, per_day=1000, dedup_distance=3, clock=clock)

@@ -41,7 +41,9 @@ def monitor() -> None:
 
 
 @monitor.command()
-@click.option("--json", "as_json", is_flag=True, help="Print {checked_at, drift, freshness, recent_runs, alerts}.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print {checked_at, drift, freshness, recent_runs, alerts, models}."
+)
 def status(as_json: bool) -> None:
     """What is drifting, stale, failing or alerting right now (read-only)."""
     from shared.monitoring.status import monitoring_status
@@ -57,6 +59,8 @@ def status(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(data, indent=2))
         return
+    models = ", ".join(f"{m['fleet'] or 'every fleet'} v{m['version']}" for m in data["models"])
+    click.echo(f"production models: {models or 'none promoted yet'}")
     click.echo(f"open alerts: {len(data['alerts'])}")
     for a in data["alerts"]:
         click.echo(f"  [{a['severity']}] {a['kind']} {a['key']}: {a['message']} (seen {a['count']}x)")

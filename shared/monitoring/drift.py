@@ -3,7 +3,8 @@
 A *stream* is one monitored source of values ("rag", "vision:FLEET"); each has *features*
 (query length, brightness, class, …), numeric or categorical. Values arrive raw (`record`),
 as counts over fixed cut points from a device (`record_histogram`), or as a device's running
-totals (`record_cumulative`, the difference since its last report is added).
+totals (`record_cumulative`, the difference since its last report is added, in the bucket of
+the time the device took them).
 
 Windows, all on time buckets (an hour by default):
 - the **reference** of a feature is frozen once (`freeze_reference`) from the buckets of a
@@ -165,8 +166,10 @@ class DriftMonitor:
         """A sender's running totals since its `epoch` began; adds what grew since its last report.
 
         Running totals make a lost report harmless (the next one carries its counts). A new
-        epoch (the device restarted), other edges, or a total that went down start again
-        from the totals as sent. Returns how many observations were added.
+        epoch (the device restarted), other edges, or a total that went down while others
+        grew start again from the totals as sent; totals at or below the last ones of the
+        same (named) epoch are an earlier report arriving late and add nothing. Returns how
+        many observations were added.
         """
         if edges is not None:
             return self.record_totals(
@@ -182,11 +185,16 @@ class DriftMonitor:
         epoch: str,
         histograms: Mapping[str, Mapping[str, Sequence[float]]] | None = None,
         categories: Mapping[str, Mapping[str, float]] | None = None,
+        at: datetime | None = None,
     ) -> float:
         """Several features' running totals from one sender (`record_cumulative`, batched).
 
         `histograms` maps a feature to {"edges", "counts"}, `categories` a feature to counts
-        per category. Raises ValueError on malformed counts before anything is stored.
+        per category. What grew lands in the bucket of `at` (when the sender took the totals,
+        e.g. a frame's capture time; default now). Within a named epoch totals only grow, so
+        totals at or below the last ones are an earlier report that arrived late (uploads
+        retried out of order): they add nothing and the cursor stays at the later totals.
+        Raises ValueError on malformed counts before anything is stored.
         """
         totals: dict[str, dict] = {}
         for feature, h in (histograms or {}).items():
@@ -200,6 +208,11 @@ class DriftMonitor:
         if not totals:
             return 0.0
         previous = self.drift_store.advance_cursors(source, stream, epoch, totals)
+        if epoch:
+            late = {f: prev for f, prev in previous.items() if prev is not None and _earlier(totals[f], prev)}
+            if late:  # put the later totals back: the next report is counted from them
+                self.drift_store.advance_cursors(source, stream, epoch, late)
+                totals = {f: t for f, t in totals.items() if f not in late}
         obs: list[Observation] = []
         for feature, now_t in totals.items():
             prev = previous.get(feature)
@@ -224,7 +237,8 @@ class DriftMonitor:
                 diff = {k: v for k, v in diff.items() if v > 0}
                 if diff:
                     obs.append(Observation(stream, feature, "categories", counts=diff))
-        self.drift_store.add(self.bucket_of(self.now()), obs, sample_cap=self.sample_cap)
+        when = self.now() if at is None else at
+        self.drift_store.add(self.bucket_of(when), obs, sample_cap=self.sample_cap)
         return float(sum(sum(ob.counts) if ob.kind == "histogram" else sum(dict(ob.counts).values()) for ob in obs))
 
     # --- references ------------------------------------------------------------------
@@ -512,6 +526,19 @@ def _observation(stream: str, feature: str, values: Sequence[float | str]) -> Ob
     if any(math.isnan(v) for v in nums):
         nums = [v for v in nums if not math.isnan(v)]
     return Observation(stream, feature, "values", values=tuple(nums)) if nums else None
+
+
+def _earlier(totals: dict, previous: dict) -> bool:
+    """`totals` are at or below `previous` everywhere (and not equal): taken before them."""
+    if "edges" in totals:
+        if previous.get("edges") != totals["edges"]:
+            return False
+        cur, prev = np.asarray(totals["counts"]), np.asarray(previous["counts"])
+        return bool((cur <= prev).all() and (cur < prev).any())
+    cats, before = totals["categories"], previous.get("categories")
+    if not isinstance(before, dict):
+        return False
+    return all(v <= before.get(k, -1.0) for k, v in cats.items()) and cats != before
 
 
 def _value_count(buckets: list[Bucket]) -> float:

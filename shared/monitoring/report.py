@@ -223,6 +223,24 @@ def models_figure(versions: Sequence[dict]) -> Figure:
 
 
 # --- data ----------------------------------------------------------------------------------
+def registered_aliases(settings: Settings) -> dict[str, str]:
+    """{alias: version} of the registered detector ({} without MLflow, never creating its database)."""
+    if not settings.mlflow_tracking_uri and not (settings.home / "mlflow.db").exists():
+        return {}
+    try:
+        from mlflow import MlflowClient
+    except ImportError:
+        return {}
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        model = MlflowClient(tracking_uri=settings.resolved_mlflow_uri).get_registered_model(settings.registered_model)
+        return {str(k): str(v) for k, v in (model.aliases or {}).items()}
+    except Exception as exc:  # noqa: BLE001 - a registry without the model, or unreachable: no aliases to show
+        log.debug("registry aliases not read: %s", exc)
+        return {}
+
+
 def registry_versions(settings: Settings) -> list[dict]:
     """[{version, aliases, metrics}] of the registered detector, oldest first; [] without MLflow.
 

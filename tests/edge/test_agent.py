@@ -260,6 +260,39 @@ def test_the_agent_command_runs_the_real_detector_end_to_end(tmp_path: Path, cen
     assert again.exit_code == 0 and f"device {DEVICE}:" in again.output
 
 
+def test_the_agent_command_samples_a_lighting_shift_against_the_models_reference(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    """The model ships its training frames' quality; central boosts sampling while the fleet drifts."""
+    pytest.importorskip("edge.detector")
+    pytest.importorskip("edge.sources")
+    from edge.quality import QUALITY_EDGES, FixedHistograms, frame_quality
+    from vision.datasets.synth import Shift, render_plate
+
+    rng = np.random.default_rng(0)
+    training = FixedHistograms(QUALITY_EDGES)
+    for _ in range(200):
+        training.add(frame_quality(render_plate(rng, 64)[0]))
+    manifest = central.publish("5", yolo_like_model())
+    manifest["reference"] = training.to_json()["histograms"]
+    manifest["sampling"] = {"boost": 4.0, "reason": "drift alert open on vision:line-1: brightness"}
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(24):  # the lamp failed: washed-out, flat plates
+        cv2.imwrite(str(images / f"plate-{i:03d}.png"), render_plate(rng, 64, Shift(brightness=70, contrast=0.6))[0])
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"rules": [{"type": "input_drift", "name": "drift"}], "dedup_distance": None}))
+    args = ["--central", central.url, "--token", TOKEN, "--fleet", FLEET, "--source", str(images)]
+    args += ["--home", str(tmp_path / "home"), "--rules", str(rules), "--device-id", DEVICE, "--metrics-port", "0"]
+    result = CliRunner().invoke(agent, args)
+    assert result.exit_code == 0, result.output
+    assert f"device {DEVICE}: 24 frames, 5 selected, 5 delivered" in result.output  # 25% x 4 from frame 20 on
+    metas = sorted((central.frames[f]["meta"] for f in central.stored), key=lambda m: m["source_frame"])
+    assert [m["source_frame"] for m in metas] == [f"plate-{i:03d}.png" for i in range(19, 24)]
+    assert {m["reason"] for m in metas} == {"drift"}
+    assert [m["metrics"]["frames"] for m in metas] == [20, 21, 22, 23, 24]  # counts as at capture, not upload
+
+
 def test_a_bad_rules_file_is_reported_before_anything_runs(tmp_path: Path) -> None:
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"type": "close_to_treshold", "name": "u"}]))

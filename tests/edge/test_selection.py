@@ -45,8 +45,8 @@ FRAME = scene(0)
 
 
 # --- configuration --------------------------------------------------------------------
-def test_registry_knows_the_four_rules() -> None:
-    assert set(RULE_BUILDERS) == {"close_to_threshold", "classes", "detections_number", "random"}
+def test_registry_knows_the_five_rules() -> None:
+    assert set(RULE_BUILDERS) == {"close_to_threshold", "classes", "detections_number", "random", "input_drift"}
 
 
 def test_config_problems_are_all_reported_at_once_and_named() -> None:
@@ -64,8 +64,8 @@ def test_config_problems_are_all_reported_at_once_and_named() -> None:
     problems = err.value.problems
     text = str(err.value)
     assert (
-        "rule #2 ('blur'): unknown type 'blurry' (known: classes, close_to_threshold, detections_number, random)"
-        in problems
+        "rule #2 ('blur'): unknown type 'blurry' "
+        "(known: classes, close_to_threshold, detections_number, input_drift, random)" in problems
     )
     assert any("rule #3 ('uncertain')" in p and "duplicate name" in p for p in problems)
     assert any("'wide'" in p and "param 'threshold' must be a number in [0, 1], got 1.5" in p for p in problems)

@@ -220,3 +220,53 @@ def test_an_invalid_manifest_is_named_and_ignored(tmp_path: Path, central: FakeC
     result = up.check()
     assert result.status is UpdateStatus.REJECTED and result.detail == "missing field(s) sha256"
     assert up.current() is None
+
+
+# --- what ships with the model: the input reference; what central asks: the sampling boost ----
+REFERENCE = {"brightness": {"edges": [100.0, 150.0], "counts": [3, 90, 7]}}
+
+
+def test_the_reference_ships_with_the_model_and_survives_a_restart(tmp_path: Path, central: FakeCentral) -> None:
+    models = tmp_path / "models"
+    central.publish("1", V1)["reference"] = REFERENCE
+    up = updater(models, central)
+    assert up.check().status is UpdateStatus.UPDATED
+    assert up.current().reference == REFERENCE
+    assert updater(models, central).current().reference == REFERENCE  # read back from the pointer file
+
+
+def test_a_reference_added_later_to_the_same_model_is_taken_without_a_download(
+    tmp_path: Path, central: FakeCentral
+) -> None:
+    models = tmp_path / "models"
+    up = following(models, central, "1")
+    assert up.current().reference is None  # exported before references existed
+    central.manifest["reference"] = REFERENCE
+    assert up.check().status is UpdateStatus.UP_TO_DATE
+    assert up.current().reference == REFERENCE and central.downloads() == 1
+    assert updater(models, central).current().reference == REFERENCE
+
+
+def test_the_sampling_boost_follows_central_and_outlives_an_outage(tmp_path: Path, central: FakeCentral) -> None:
+    up = following(tmp_path / "models", central, "1")
+    assert up.sampling_boost() == 1.0  # central said nothing about sampling
+    central.manifest["sampling"] = {"boost": 4.0, "reason": "drift alert open on vision:line-1: brightness"}
+    assert up.check().status is UpdateStatus.UP_TO_DATE  # the model is the same, the wish is new
+    assert up.sampling() == {"boost": 4.0, "reason": "drift alert open on vision:line-1: brightness"}
+    central.down()
+    assert up.check().status is UpdateStatus.UNAVAILABLE
+    assert up.sampling_boost() == 4.0  # kept while central cannot be asked
+    central.up()
+    central.manifest["sampling"] = {"boost": 1.0, "reason": None}  # the alert resolved
+    up.check()
+    assert up.sampling_boost() == 1.0
+
+
+def test_a_new_device_samples_normally_until_central_answers(tmp_path: Path, central: FakeCentral) -> None:
+    central.down()
+    up = updater(tmp_path / "models", central)
+    assert up.check().status is UpdateStatus.UNAVAILABLE and up.sampling_boost() == 1.0
+    central.up()
+    central.publish("1", V1)["sampling"] = {"boost": "lots"}
+    up.check()
+    assert up.sampling_boost() == 1.0  # not a number: ignored

@@ -58,7 +58,7 @@ def make(
         sleep=clock.sleep,
         rng=random.Random(0),
         timeout=5,
-        metrics_snapshot=lambda: {"frames": 7, "fps": 9.5},
+        metrics_snapshot=kw.pop("metrics_snapshot", lambda: {"frames": 7, "fps": 9.5}),
         **kw,
     )
     return box, up
@@ -86,6 +86,32 @@ def test_frames_arrive_as_multipart_with_the_meta_contract_and_bearer_token(
         "3",
         "2025-01-01T00:00:00.000+00:00",
     )
+
+
+def test_the_metrics_a_frame_was_kept_with_are_sent_as_kept(tmp_path: Path, central: FakeCentral) -> None:
+    """The agent stores the snapshot of capture time: an upload hours later must not replace it
+    (central files the drift counts under the capture time); frames from older code get one at upload."""
+    clock = FakeClock()
+    box, up = make(tmp_path, central.url, clock)
+    at_capture = {"frames": 3, "drift": {"epoch": "e", "histograms": {}}}
+    kept = box.put(jpeg(1), {**frame_meta(1), "metrics": at_capture})
+    older = box.put(jpeg(2), frame_meta(2))
+    assert up.drain().delivered == 2
+    assert central.frames[kept]["meta"]["metrics"] == at_capture
+    assert central.frames[older]["meta"]["metrics"] == {"frames": 7, "fps": 9.5}
+
+
+def test_a_frame_kept_before_a_restart_is_sent_without_its_drift_counts(tmp_path: Path, central: FakeCentral) -> None:
+    """Central follows the running totals of the agent's current run; the totals of an earlier run,
+    arriving between the current run's (a deferred frame), would count both runs twice."""
+    clock = FakeClock()
+    box, up = make(tmp_path, central.url, clock, metrics_snapshot=lambda: {"frames": 2, "drift": {"epoch": "run-2"}})
+    this_run = {"frames": 1, "drift": {"epoch": "run-2", "histograms": {}}}
+    last_run = {"frames": 900, "drift": {"epoch": "run-1", "histograms": {}}}
+    ids = [box.put(jpeg(i), {**frame_meta(i), "metrics": m}) for i, m in enumerate((this_run, last_run))]
+    assert up.drain().delivered == 2
+    assert central.frames[ids[0]]["meta"]["metrics"] == this_run
+    assert central.frames[ids[1]]["meta"]["metrics"] == {"frames": 900}
 
 
 def test_outage_keeps_every_frame_and_recovery_delivers_each_exactly_once(tmp_path: Path, central: FakeCentral) -> None:

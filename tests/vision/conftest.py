@@ -2,15 +2,19 @@
 
 Training takes tens of seconds; promotion, rollback and the device API only need registered
 versions whose exported file and tags look like `vision export` left them.
+
+Also `label_studio`: one real Label Studio per session (tests/helpers/labelstudio.py).
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
 from fake_central import mean_model
+from labelstudio import LabelStudioServer, executable
 
 from shared.config import Settings
 
@@ -52,3 +56,16 @@ def versions(tmp_path_factory: pytest.TempPathFactory) -> Versions:
 
     settings = Settings(home=tmp_path_factory.mktemp("registry-home"))
     return Versions(settings, ModelRegistry.from_settings(settings))
+
+
+@pytest.fixture(scope="session")
+def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudioServer]:
+    """A real Label Studio for the session, on a copy of a migrated template and a free port.
+
+    Attributes: url, token, username, home, files_root, port, pid; start(), stop(), restart().
+    Skipped where Label Studio is not installed (failed under CI=true); stopped at the end.
+    """
+    server = LabelStudioServer(tmp_path_factory.mktemp("labelstudio-home"), executable())
+    server.start()
+    yield server
+    server.stop()

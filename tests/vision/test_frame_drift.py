@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import cv2
@@ -67,9 +68,15 @@ def watch_plates(metrics: Metrics, rng: np.random.Generator, frames: int, shift:
         metrics.observe_quality(frame_quality(img))
 
 
-def upload(client: TestClient, token: str, device: str, metrics: Metrics) -> None:
+def upload(
+    client: TestClient, token: str, device: str, metrics: Metrics | dict, captured_at: float | str | None = None
+) -> None:
+    """A frame upload carrying `metrics` (a device's, or a snapshot it took when it kept the frame)."""
     _, jpg = cv2.imencode(".jpg", np.full((16, 16, 3), 128, np.uint8))
-    meta = {"device_id": device, "frame_id": uuid.uuid4().hex, "reason": "random", "metrics": metrics.snapshot()}
+    snapshot = metrics.snapshot() if isinstance(metrics, Metrics) else metrics
+    meta = {"device_id": device, "frame_id": uuid.uuid4().hex, "reason": "random", "metrics": snapshot}
+    if captured_at is not None:
+        meta["captured_at"] = captured_at
     r = client.post(
         "/v1/devices/frames",
         files={"image": ("f.jpg", jpg.tobytes(), "image/jpeg")},
@@ -150,6 +157,48 @@ def test_a_promotion_moves_the_reference_to_the_new_version(tmp_path: Path) -> N
     feed.feed("cam-01", "line-1", device.snapshot())
     assert {s.reference_label for s in monitor.status()} == {"4"}
     store.close()
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, UTC).isoformat(timespec="milliseconds")
+
+
+def hour_counts(monitor: DriftMonitor, feature: str = "brightness") -> dict[float, float]:
+    """Values of a feature counted per hour bucket of line 1, keyed by hours before the clock's hour."""
+    now = monitor.bucket_of(monitor.now()).timestamp()
+    buckets = monitor.drift_store.buckets(stream="vision:line-1", feature=feature)
+    return {(now - b.start.timestamp()) / HOUR: b.n for b in buckets}
+
+
+def test_counts_land_in_the_hour_the_frames_were_captured_not_the_hour_they_arrived(central) -> None:
+    """A device offline for hours uploads its backlog at once: each frame's counts are those it
+    was kept with, and they belong to the hour it was captured in."""
+    client, monitor, clock = central
+    cam, rng = Metrics(), np.random.default_rng(8)
+    kept = []  # (snapshot taken when the frame was kept, when)
+    for frames, hours_ago in ((30, 3), (10, 2), (10, 1)):
+        watch_plates(cam, rng, frames)
+        kept.append((cam.snapshot(), clock.t - hours_ago * HOUR))
+    (three, t3), (two, t2), (one, t1) = kept
+    upload(client, CAM1, "cam-01", three, iso(t3))  # ISO 8601, as devices send it
+    upload(client, CAM1, "cam-01", one, t1)  # epoch seconds; the frame of two hours ago was retried later
+    assert hour_counts(monitor) == {3.0: 30, 1.0: 20}
+    classes = hour_counts(monitor, "class")  # defects seen, a categorical feature
+    assert sum(classes.values()) > 0
+    upload(client, CAM1, "cam-01", two, iso(t2))  # it arrives now: its counts are in the later ones already
+    assert hour_counts(monitor) == {3.0: 30, 1.0: 20} and hour_counts(monitor, "class") == classes
+    watch_plates(cam, rng, 5)
+    upload(client, CAM1, "cam-01", cam, iso(clock.t + 5 * HOUR))  # a device clock ahead: counted now
+    assert hour_counts(monitor) == {3.0: 30, 1.0: 20, 0.0: 5}  # from the latest totals on, none counted twice
+
+
+def test_frames_without_a_capture_time_are_counted_when_they_arrive(central) -> None:
+    client, monitor, _ = central
+    cam = Metrics()
+    watch_plates(cam, np.random.default_rng(9), 7)
+    upload(client, CAM1, "cam-01", cam)
+    upload(client, CAM1, "cam-01", cam, "yesterday-ish")
+    assert hour_counts(monitor) == {0.0: 7}
 
 
 def test_malformed_drift_counts_are_ignored_not_fatal(tmp_path: Path, caplog) -> None:

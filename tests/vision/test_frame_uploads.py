@@ -185,3 +185,15 @@ def test_a_bad_frame_id_is_reported_with_its_pattern_as_written(central: Central
     r = central.post("x", jpeg())
     assert r.status_code == 422
     assert "'^[A-Za-z0-9][A-Za-z0-9_-]{7,63}$'" in r.json()["detail"]
+
+
+def test_the_devices_own_name_for_the_frame_is_kept_in_its_record(central: Central) -> None:
+    """The labeling loop shows labelers which file a frame was (an image-folder source's file name)."""
+    fid = uuid.uuid4().hex
+    meta = {"device_id": DEVICE, "frame_id": fid, "reason": "uncertain", "source_frame": "plate-000123.png"}
+    assert central.post(fid, jpeg(), frame_meta=json.dumps(meta)).status_code == 201
+    record = json.loads((central.frames / DEVICE / f"{fid}.json").read_text())
+    assert record["source_frame"] == "plate-000123.png"
+    too_long = {**meta, "frame_id": uuid.uuid4().hex, "source_frame": "x" * 256}
+    r = central.post(too_long["frame_id"], jpeg(), frame_meta=json.dumps(too_long))
+    assert r.status_code == 422 and "'source_frame'" in r.json()["detail"] and "255" in r.json()["detail"]

@@ -89,7 +89,7 @@ def test_export_shows_each_step_with_its_duration_when_forced(env, forced: Resul
     result = invoke(env, "vision", "export", version, "--int8", "--fp16", "--json", "--progress")
     out = json.loads(result.stdout)
     ended = STEP_END.findall(result.stderr)
-    assert [(int(n), int(total)) for n, total, *_ in ended] == [(n, 10) for n in range(1, 11)]
+    assert [(int(n), int(total)) for n, total, *_ in ended] == [(n, 11) for n in range(1, 12)]
     names = [name for _, _, name, _, _ in ended]
     assert names[:3] == [
         "export FP32 ONNX (64 px)",
@@ -108,8 +108,8 @@ def test_export_shows_each_step_with_its_duration_when_forced(env, forced: Resul
     assert results["time INT8 with the edge runtime"] == f"{out['variants']['int8']['latency_ms']} ms/image"
     assert results["choose the preferred variant and record it"] == f"preferred {out['preferred']}"
     # Each step is announced before it runs, so a slow one shows what the wait is for.
-    starts = re.findall(r"^\[(\d+)/10\] .+ …$", result.stderr, re.MULTILINE)
-    assert starts == [str(n) for n in range(1, 11)]
+    starts = re.findall(r"^\[(\d+)/11\] .+ …$", result.stderr, re.MULTILINE)
+    assert starts == [str(n) for n in range(1, 12)]
 
 
 def test_export_is_quiet_off_a_terminal(env, forced: Result) -> None:
