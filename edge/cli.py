@@ -47,9 +47,16 @@ def _open(source: str) -> FrameSource:
         raise click.ClickException(str(exc)) from exc
 
 
-def _frame_selector(conf: float) -> Decide:
-    """The default labeling selector (hesitant detections plus a small random share, rate-limited)."""
-    selector = default_selector(conf)
+def _frame_selector(conf: float, model: Path | None = None) -> Decide:
+    """The default labeling selector (hesitant detections, drifted input, a small random share,
+    rate-limited); the input reference is the `reference.json` export wrote beside the model, if any."""
+    reference = None
+    if model is not None and (model.parent / "reference.json").is_file():
+        try:
+            reference = json.loads((model.parent / "reference.json").read_text())
+        except (OSError, ValueError) as exc:
+            log.warning("input reference beside %s unreadable (%s): frames are not selected for drift", model, exc)
+    selector = default_selector(conf, reference=lambda: reference)
     return lambda frame, detections, now: selector.decide(frame, detections, now=now)
 
 
@@ -96,7 +103,7 @@ def run(
     model and postprocessing. Unreadable images are reported on stderr and skipped.
     """
     detector = _load_detector(model, conf, iou, threads)
-    decide = _frame_selector(conf)
+    decide = _frame_selector(conf, model)
     frames = _open(source)
     count, started = 0, time.perf_counter()
     try:

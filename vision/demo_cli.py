@@ -51,9 +51,9 @@ def _shift(ctx: click.Context, param: click.Parameter, value: str) -> str:
 def demo(shift_spec: str, epochs: int, retrain_epochs: int, as_json: bool) -> None:
     """The closed loop: train, stream, drift alarm, Label Studio, retrain, gate, promote, update.
 
-    Runs in LOOPLINE_HOME/demo-loop (wiped first) with a local Label Studio (`loopline
-    labelstudio up`, left running for you to look at the project). A simulated labeler stands
-    in for people. About 5 minutes on 2 cores.
+    Runs in LOOPLINE_HOME/demo-loop (wiped first) with a Label Studio of its own there, left
+    running for you to look at the project (the last lines say how to log in and stop it). A
+    simulated labeler stands in for people. About 5 minutes on 2 cores.
     """
     from vision.loop.demo import run_demo
 
@@ -75,12 +75,14 @@ def demo(shift_spec: str, epochs: int, retrain_epochs: int, as_json: bool) -> No
         ("mAP50, clean validation plates", b.get("map50_clean"), a.get("map50_clean")),
         ("mean top confidence, shifted", b.get("mean_confidence_shifted"), a.get("mean_confidence_shifted")),
         ("mean top confidence, clean", b.get("mean_confidence_clean"), a.get("mean_confidence_clean")),
-        (
-            "brightness PSI of shifted plates vs the model's reference",
-            result.psi.get("before", {}).get("shifted"),
-            result.psi.get("after", {}).get("shifted"),
-        ),
     ]
+    before_psi, after_psi = result.psi.get("before", {}), result.psi.get("after", {})
+    rows.append(
+        ("brightness PSI, shifted plates vs the model's reference", before_psi.get("shifted"), after_psi.get("shifted"))
+    )
+    rows.append(
+        ("brightness PSI, clean plates (the noise floor of 60 plates)", before_psi.get("clean"), after_psi.get("clean"))
+    )
     click.echo(click.style(f"\nclosed loop under the shift {result.shift}", bold=True))
     click.echo(
         f"{'':58} {'before (v' + str(b.get('version')) + ')':>14} {'after (v' + str(a.get('version')) + ')':>14}"
@@ -98,7 +100,8 @@ def demo(shift_spec: str, epochs: int, retrain_epochs: int, as_json: bool) -> No
     click.echo(f"candidate {verdict}: gate {', '.join(result.gate.get('reasons') or ['passed every check'])}")
     click.echo(f"device runs version {result.device_model_version}")
     click.echo("time per stage: " + ", ".join(f"{k} {v:.0f}s" for k, v in result.seconds.items()))
-    click.echo(f"Label Studio: {result.labelstudio.get('project_url')} (stop it with `loopline labelstudio down`)")
+    ls = result.labelstudio
+    click.echo(f"Label Studio: {ls.get('project_url')} (log in as {ls.get('login')}; stop it: {ls.get('stop')})")
     if result.report:
         click.echo(f"report: {result.report}")
 

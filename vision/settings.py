@@ -54,7 +54,7 @@ class VisionSettings(BaseModel):
         0.25, gt=0, lt=1, description="Share of labeled frames held out of training to judge candidates on."
     )
     loop_min_holdout: int = Field(
-        3, ge=1, description="Held-out labeled frames needed before a retraining (the gate judges new data on them)."
+        5, ge=1, description="Held-out labeled frames needed before a retraining (the gate judges new data on them)."
     )
     loop_epochs: int = Field(10, ge=1, description="Fine-tuning epochs of a retraining, from the production weights.")
     loop_int8: bool = Field(True, description="Quantize retrained candidates to INT8 too (used where faster here).")

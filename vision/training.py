@@ -110,6 +110,7 @@ def train_detector(
     seed: int = 0,
     patience: int = 100,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    extra_tags: dict[str, str] | None = None,
 ) -> TrainResult:
     """Train, evaluate on val, record and register; `on_epoch` hears of each finished epoch."""
     prepare_ultralytics(settings.home, settings.train_threads)
@@ -199,6 +200,7 @@ def train_detector(
             "code_version": code_version(),
             "imgsz": str(imgsz),
             "base": base_desc,
+            **(extra_tags or {}),  # the caller's lineage, registered with the version itself
         }
         mv = registry.record_training(params=params, metrics=flat, weights=best, tags=tags)
         target = model_dir(settings, mv.version)

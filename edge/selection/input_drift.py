@@ -148,6 +148,18 @@ class InputDrift:
         return self._groups
 
 
+def psi_against(entry: Mapping[str, Any], values: Sequence[float], bins: int = 10) -> float | None:
+    """PSI of `values` against one reference histogram ({"edges", "counts"}), over about `bins`
+    groups of equal reference mass (fine bins would make a small sample look drifted); None
+    when the reference is unusable or there are no values."""
+    hist = _histogram(entry)
+    if hist is None or not len(values):
+        return None
+    cuts, ref = _coarsen(*hist, bins)
+    cur = np.bincount(np.searchsorted(np.asarray(cuts), np.asarray(values, float), side="right"), minlength=len(ref))
+    return _psi(ref, cur[: len(ref)].astype(float))
+
+
 def _histogram(entry: Any) -> tuple[list[float], list[float]] | None:
     """(edges, counts) of a reference entry, or None when it is not len(edges)+1 counts over rising edges."""
     if not isinstance(entry, Mapping):

@@ -55,6 +55,24 @@ class DocumentInfo:
         )
 
 
+def _wal(cur) -> None:  # noqa: ANN001
+    """Switch a SQLite database to WAL once. Switching needs the database to itself, and SQLite answers
+    "locked" at once (no busy wait) while another process migrates it: wait for that, up to 30 s."""
+    import sqlite3
+    import time
+
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if cur.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         db_file = make_url(url).database
@@ -65,7 +83,7 @@ def make_engine(url: str) -> Engine:
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_conn, _record) -> None:  # noqa: ANN001
             cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
+            _wal(cur)
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
 

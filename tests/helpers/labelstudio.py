@@ -89,7 +89,7 @@ class LabelStudioServer:
     """A real Label Studio on a migrated copy, on a free port of 127.0.0.1 (kept across restarts).
 
     `url`, `token` (the account's legacy API token), `username`, `home`, `files_root` (the folder
-    it serves as local files: `home`), `port`, `pid`; `start()`, `stop()` and `restart()` (stop
+    it serves as local files: `home/frames`), `port`, `pid`; `start()`, `stop()` and `restart()` (stop
     and start on the same data and port, e.g. a server restarted mid-cycle).
     """
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from labelstudio import executable, free_port, seed
+from labelstudio import executable, free_port
 
 pytest.importorskip("ultralytics")
 pytest.importorskip("label_studio_sdk")
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def test_demo_closes_the_loop_and_reports_the_contract(tmp_path: Path) -> None:
     exe = executable()
-    home = seed(tmp_path / "home", exe)  # a migrated Label Studio: starts in seconds
+    home = tmp_path / "home"  # the demo's Label Studio migrates its database while the model trains
     env = {
         **os.environ,
         "LOOPLINE_HOME": str(home),
@@ -45,7 +45,8 @@ def test_demo_closes_the_loop_and_reports_the_contract(tmp_path: Path) -> None:
         assert run.returncode == 0, run.stderr[-3000:]
         out = json.loads(run.stdout)
     finally:
-        subprocess.run([*cli, "labelstudio", "down"], env=env, capture_output=True, timeout=60)
+        demo_env = env | {"LOOPLINE_HOME": str(home / "demo-loop")}  # the demo's own server, left running
+        subprocess.run([*cli, "labelstudio", "down"], env=demo_env, capture_output=True, timeout=60)
     for side in ("before", "after"):
         for key in ("map50_shifted", "map50_clean"):
             assert isinstance(out[side][key], float), (side, key)
@@ -53,7 +54,6 @@ def test_demo_closes_the_loop_and_reports_the_contract(tmp_path: Path) -> None:
     assert frames["streamed"] >= 400 and 0 < frames["sent"] < frames["streamed"]
     assert frames["labeled"] == frames["sent"], "the simulated labeler labeled every frame sent"
     assert out["labelstudio"]["url"].startswith("http://127.0.0.1:") and out["labelstudio"]["project_id"]
-    assert "promoted_version" in out and out["device_model_version"]
     expected = out["promoted_version"] or out["production_version"]
     assert out["device_model_version"] == expected, "the device runs the fleet's production model"
     assert out["drift_alert"] and "brightness" in out["drift_alert"]["features"], "the shift raised central's alarm"

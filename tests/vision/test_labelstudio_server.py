@@ -88,6 +88,7 @@ def test_up_status_down_with_the_cli(tmp_path: Path) -> None:
     names = {kv.split(b"=", 1)[0].decode() for kv in Path(f"/proc/{st['pid']}/environ").read_bytes().split(b"\0") if kv}
     assert not names & set(STRAY), names
     assert not any(n.startswith("LOOPLINE_") for n in names)
+    assert "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK" in names, "nobody signs up to read the served frames"
     assert stat.S_IMODE((home / "labelstudio" / "credentials.json").stat().st_mode) == 0o600
 
     again = loopline("up", "--json", env=env)
@@ -101,7 +102,7 @@ def test_up_status_down_with_the_cli(tmp_path: Path) -> None:
 
     info = connection(Settings(home=home, label_studio_port=port))
     assert info is not None and (info.url, info.token, info.pid) == (st["url"], credentials["token"], st["pid"])
-    assert info.files_root == home.resolve()
+    assert info.files_root == (home / "frames").resolve(), "labelers see the frames, never the whole home"
     assert credentials["token"] not in repr(info)
 
     down = loopline("down", "--json", env=env)
@@ -171,7 +172,7 @@ def test_the_server_environment_is_built_from_scratch(tmp_path: Path, monkeypatc
     env = server.child_env({"username": LOCAL_USER, "password": "p", "token": "a" * 40})
     assert not set(env) & {*STRAY, "LABEL_STUDIO_DEBUG"}
     assert env["DJANGO_DB"] == "sqlite" and env["LABEL_STUDIO_USER_TOKEN"] == "a" * 40
-    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str(tmp_path.resolve())
+    assert env["LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT"] == str((tmp_path / "frames").resolve())
 
 
 def test_an_existing_server_comes_from_the_settings(tmp_path: Path) -> None:
@@ -200,5 +201,5 @@ def test_the_fixture_restarts_on_the_same_data(label_studio: LabelStudioServer) 
     titles = [p["title"] for p in get(f"{label_studio.url}/api/projects/", label_studio.token)["results"]]
     assert "restart-check" in titles
     assert whoami(label_studio.url, label_studio.token)["email"] == label_studio.username
-    assert label_studio.files_root == label_studio.home.resolve()
+    assert label_studio.files_root == (label_studio.home / "frames").resolve()
     assert project["id"] > 0

@@ -78,14 +78,23 @@ class Central:
     def ctx(self):  # noqa: ANN201
         return self.app.state.ctx
 
+    def frame_ids(self, n: int) -> list[str]:
+        """n new frame ids; from 2 on, at least one held out and one for training (the split hashes the id)."""
+        from vision.loop.labeled import is_holdout
+
+        while True:
+            ids = [f"{self.rng.integers(1 << 62):016x}" for _ in range(n)]
+            sides = {is_holdout(f"cam-01/{i}", self.settings.loop_holdout_share) for i in ids}
+            if n < 2 or sides == {True, False}:
+                return ids
+
     def upload(self, n: int, shift: Shift = Shift(brightness=70, contrast=0.6)) -> list[str]:
         """n frames as the device uploads them (real API); returns their keys."""
         keys = []
-        for _ in range(n):
+        for frame_id in self.frame_ids(n):
             img, boxes = render_plate(self.rng, 64, shift)
             ok, buf = cv2.imencode(".jpg", img)
             assert ok
-            frame_id = uuid.uuid4().hex[:16]
             meta = {
                 "device_id": "cam-01",
                 "frame_id": frame_id,
@@ -224,30 +233,71 @@ def test_pull_converts_with_our_class_ids_and_versions_the_dataset(central: Cent
     ls.annotations.update(id=ann.id, result=[one | {"value": one["value"] | {"rectanglelabels": ["scratch"]}}])
     [r2] = runner.run_once([FLEET])
     assert r2.pulled == 1 and r2.dataset != r.dataset
-    assert LabelingRecords(central.ctx.metadata).tasks(FLEET)[0] is not None
     assert {t.frame: t for t in LabelingRecords(central.ctx.metadata).tasks(FLEET)}[keys[0]].labels.startswith("0 ")
 
 
-def test_the_webhook_stores_annotations_as_they_are_made(central: Central) -> None:
-    from vision.labeling.client import WEBHOOK_HEADER
+def test_the_webhook_reads_the_annotation_back_and_takes_only_its_projects_token(central: Central) -> None:
+    from vision.labeling.client import WEBHOOK_HEADER, webhook_token
     from vision.labeling.tables import LabelingRecords
     from vision.loop.runner import webhook_secret
 
     [key] = central.upload(1)
     [r] = central.runner().run_once([FLEET])
     task = next(t for t in central.labeler().tasks.list(project=r.project_id, fields="all") if t.data["frame"] == key)
+    central.labeler().annotations.create(id=task.id, result=[], was_cancelled=False)  # "no defect here"
+    forged = {"id": 987654, "was_cancelled": True, "result": []}  # what the event claims is not what counts
     event = {
         "action": "ANNOTATION_CREATED",
         "project": {"id": r.project_id},
-        "task": {"id": task.id, "data": task.data},
-        "annotation": {"id": 987654, "updated_at": "2026-11-27T10:00:00Z", "was_cancelled": False, "result": []},
+        "task": {"id": task.id},
+        "annotation": forged,
     }
-    assert central.client.post("/v1/labeling/webhook", json=event).status_code == 401
-    assert central.client.post("/v1/labeling/webhook", json=event, headers={WEBHOOK_HEADER: "wrong"}).status_code == 401
-    ok = central.client.post("/v1/labeling/webhook", json=event, headers={WEBHOOK_HEADER: webhook_secret(central.ctx)})
-    assert ok.status_code == 200 and ok.json()["stored"] is True
+    url, secret = "/v1/labeling/webhook", webhook_secret(central.ctx)
+    assert central.client.post(url, json=event).status_code == 401
+    assert central.client.post(url, json=event, headers={WEBHOOK_HEADER: secret}).status_code == 401, (
+        "not the raw secret"
+    )
+    other = webhook_token(secret, r.project_id + 1)
+    assert central.client.post(url, json=event, headers={WEBHOOK_HEADER: other}).status_code == 401, "another project's"
+    ok = central.client.post(url, json=event, headers={WEBHOOK_HEADER: webhook_token(secret, r.project_id)})
+    assert ok.status_code == 200 and ok.json()["stored"] is True, ok.text
     row = {t.frame: t for t in LabelingRecords(central.ctx.metadata).tasks(FLEET)}[key]
-    assert row.status == "labeled" and row.labels == "", "an empty annotation is an explicit 'no defect'"
+    assert row.status == "labeled" and row.labels == "", (
+        "the annotation in Label Studio counts: an explicit 'no defect'"
+    )
+    assert row.annotation_id != 987654
+    not_ours = event | {"task": {"id": 10**9}}
+    answer = central.client.post(url, json=not_ours, headers={WEBHOOK_HEADER: webhook_token(secret, r.project_id)})
+    assert answer.status_code == 200 and answer.json()["stored"] is False
+
+
+def test_invalid_and_deleted_annotations(central: Central) -> None:
+    from vision.labeling.tables import LabelingRecords
+
+    a, b = central.upload(2)
+    runner = central.runner()
+    [r] = runner.run_once([FLEET])
+    ls = central.labeler()
+    tasks = {t.data["frame"]: t for t in ls.tasks.list(project=r.project_id, fields="all")}
+    box = {"x": 10, "y": 10, "width": 20, "height": 20, "rotation": 0}
+    bad = {
+        "from_name": "label",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "value": box | {"rectanglelabels": ["dent"]},
+    }
+    ls.annotations.create(id=tasks[a].id, result=[bad], was_cancelled=False)
+    good = bad | {"value": box | {"rectanglelabels": ["spot"]}}
+    made = ls.annotations.create(id=tasks[b].id, result=[good], was_cancelled=False)
+    [r] = runner.run_once([FLEET])
+    rows = {t.frame: t for t in LabelingRecords(central.ctx.metadata).tasks(FLEET)}
+    assert rows[a].status == "invalid" and rows[a].labels is None and r.invalid >= 1, (
+        "an unknown class is not trained on"
+    )
+    assert rows[b].status == "labeled"
+    ls.annotations.delete(id=made.id)  # the labeler takes it back
+    runner.run_once([FLEET])
+    assert {t.frame: t for t in LabelingRecords(central.ctx.metadata).tasks(FLEET)}[b].status == "pushed"
 
 
 def test_label_studio_calls_the_webhook_when_a_labeler_submits(central: Central) -> None:
@@ -286,6 +336,16 @@ def test_an_outage_during_push_delays_and_loses_nothing(central: Central) -> Non
     [r] = central.runner().run_once([FLEET])
     assert r.pushed == 2 and not r.errors
     assert set(keys) <= LabelingRecords(central.ctx.metadata).known_frames()
+    central.label(r.project_id, keys)
+    central.label_studio.stop()  # down again after the labelers worked: the labels wait in Label Studio
+    try:
+        [r] = central.runner().run_once([FLEET])
+        assert r.errors
+    finally:
+        central.label_studio.start()
+    [r] = central.runner().run_once([FLEET])
+    rows = {t.frame: t for t in LabelingRecords(central.ctx.metadata).tasks(FLEET)}
+    assert all(rows[k].status == "labeled" for k in keys), "pulled once it was back"
 
 
 def test_a_cycle_retrains_judges_promotes_and_devices_get_the_model(central: Central) -> None:

@@ -1,9 +1,11 @@
 """Label Studio's annotation webhook, and the periodic loop the central service runs.
 
-`POST /v1/labeling/webhook` takes Label Studio's ANNOTATION_CREATED/UPDATED events; it is
-authenticated by the shared secret Label Studio sends in a header (set on the webhook when
-the loop creates it), never by a user's API key. The annotation is stored at once, through
-the same code as the pull; the periodic pull still catches anything a lost event missed.
+`POST /v1/labeling/webhook` takes Label Studio's annotation events; it is authenticated by
+the project's token Label Studio sends in a header (derived per project from the service's
+secret and set on the webhook when the loop creates it), never by a user's API key. An event
+is a hint: the task's annotations are read back from Label Studio and stored through the same
+code as the pull, so a forged or stale payload changes nothing; the periodic pull still
+catches anything a lost event missed.
 
 With a Label Studio configured (LOOPLINE_LABEL_STUDIO_URL) or running locally (`loopline
 labelstudio up`), `loopline serve` runs a loop cycle every LOOPLINE_LOOP_INTERVAL_S seconds
@@ -24,7 +26,7 @@ from pydantic import BaseModel, Field
 
 from shared.context import ApiPlugin, AppContext
 from shared.dependencies import app_context, error
-from vision.labeling.client import WEBHOOK_HEADER, pick_annotation
+from vision.labeling.client import WEBHOOK_HEADER, LabelingUnavailable, webhook_token
 
 log = logging.getLogger(__name__)
 NAMES_TTL_S = 60.0
@@ -37,8 +39,10 @@ class WebhookOut(BaseModel):
 
 @dataclass
 class LabelingApi:
+    """What the webhook depends on: the loop's records and classes, and the labeling server to ask."""
+
     ctx: AppContext
-    runner_factory: Any  # () -> LoopRunner without a labeling client (the webhook only stores)
+    runner_factory: Any  # () -> LoopRunner with the configured labeling server (None without one)
     _names: dict[str, tuple[float, list[str]]]
     _runner: Any = None
 
@@ -55,7 +59,7 @@ class LabelingApi:
         production = runner.registry.production(fleet)
         if production is None:
             raise HTTPException(409, detail=f"fleet '{fleet}' has no production model: its classes are unknown")
-        names = runner._classes(production.tags)
+        names = runner.classes(production.tags)
         self._names[fleet] = (time.monotonic(), names)
         return names
 
@@ -65,43 +69,87 @@ def labeling_api(ctx: AppContext = Depends(app_context)) -> LabelingApi:
 
 
 router = APIRouter(prefix="/v1/labeling", tags=["labeling"])
+EVENTS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 
 
 @router.post(
     "/webhook",
     response_model=WebhookOut,
-    summary="Label Studio's annotation events (ANNOTATION_CREATED, ANNOTATION_UPDATED).",
-    responses=error(401, "The webhook secret header is missing or wrong.")
-    | error(409, "The frame's fleet has no production model."),
+    summary="Label Studio's annotation events (ANNOTATION_CREATED, ANNOTATION_UPDATED, ANNOTATIONS_DELETED).",
+    description="Authenticated by the project's token in the header (derived from the service's secret per "
+    "project). The event only names the project and task: the annotation that counts is read from Label Studio "
+    "itself, so a forged or stale event cannot change a label.",
+    responses=error(401, "The header is missing or not this project's token.")
+    | error(409, "The frame's fleet has no production model.")
+    | error(503, "No Label Studio is configured to read the task from; the periodic pull will."),
 )
 def webhook(
-    payload: dict[str, Any] = Body(..., examples=[{"action": "ANNOTATION_CREATED", "annotation": {}, "task": {}}]),
-    token: str | None = Header(None, alias=WEBHOOK_HEADER, description="The secret the loop set on the webhook."),
+    payload: dict[str, Any] = Body(..., examples=[{"action": "ANNOTATION_CREATED", "project": {"id": 1}, "task": {}}]),
+    token: str | None = Header(None, alias=WEBHOOK_HEADER, description="The project's webhook token."),
     api: LabelingApi = Depends(labeling_api),
 ) -> WebhookOut:
     from vision.loop.runner import webhook_secret
 
-    if token is None or not hmac.compare_digest(token.encode(), webhook_secret(api.ctx).encode()):
-        raise HTTPException(401, detail=f"missing or wrong {WEBHOOK_HEADER} header")
+    project_id = _project_id(payload)
+    if project_id is None:
+        raise HTTPException(401, detail="an event must name its project: no project, no token to check")
+    expected = webhook_token(webhook_secret(api.ctx), project_id)
+    if token is None or not hmac.compare_digest(token.encode(), expected.encode()):
+        raise HTTPException(401, detail=f"missing or wrong {WEBHOOK_HEADER} header for project {project_id}")
     action = str(payload.get("action") or "")
-    if action not in ("ANNOTATION_CREATED", "ANNOTATION_UPDATED"):
+    if action not in EVENTS:
         return WebhookOut(stored=False, detail=f"action {action or '(none)'} ignored")
-    annotation, task = payload.get("annotation"), payload.get("task")
-    if not isinstance(annotation, dict) or not isinstance(task, dict) or "id" not in task:
-        raise HTTPException(422, detail="an annotation event needs 'annotation' and 'task' objects")
-    data = task.get("data") if isinstance(task.get("data"), dict) else {}
-    frame, fleet = data.get("frame"), data.get("fleet")
-    project = payload.get("project")
-    project_id = project.get("id") if isinstance(project, dict) else annotation.get("project") or task.get("project")
-    if not frame or not fleet or project_id is None:
-        return WebhookOut(stored=False, detail="not a task the loop pushed (no frame/fleet in its data)")
-    picked = pick_annotation(int(task["id"]), str(frame), [annotation])
-    if picked is None:
-        return WebhookOut(stored=False, detail="no annotation in the event")
+    tasks = _task_ids(payload)
+    if not tasks:
+        raise HTTPException(422, detail="an annotation event needs its 'task' (or 'annotations' with tasks)")
     runner = api.runner()
-    stored = runner.apply(int(project_id), picked, api.names(str(fleet)))
-    log.info("webhook: annotation %s of frame %s %s", picked.annotation_id, frame, "stored" if stored else "known")
-    return WebhookOut(stored=stored, detail="stored" if stored else "already known, or not a task the loop pushed")
+    if runner.labeling is None:
+        raise HTTPException(503, detail="no Label Studio configured to read the task from; the periodic pull will")
+    stored = 0
+    for task_id in tasks:
+        known = runner.records.task_by_id(project_id, task_id)
+        if known is None:
+            continue  # not a task the loop pushed to this project
+        try:
+            state = runner.labeling.task_annotation(task_id)
+        except LabelingUnavailable as exc:
+            raise HTTPException(503, detail=f"{exc}; the periodic pull will get it") from exc
+        if state is None or state.frame != known.frame:
+            log.warning(
+                "webhook: task %s of project %s is not frame %s any more: ignored", task_id, project_id, known.frame
+            )
+            continue
+        if state.annotation is None:
+            stored += runner.records.unlabel(project_id, task_id)
+        else:
+            stored += runner.apply(project_id, state.annotation, api.names(known.fleet))
+    log.info("webhook %s on project %s: %d of %d tasks changed", action, project_id, stored, len(tasks))
+    return WebhookOut(stored=bool(stored), detail=f"{stored} of {len(tasks)} task(s) changed")
+
+
+def _project_id(payload: dict[str, Any]) -> int | None:
+    """The project an event is about: `project.id`, else the project its annotation or task names."""
+    for part, key in (("project", "id"), ("annotation", "project"), ("task", "project")):
+        obj = payload.get(part)
+        value = obj.get(key) if isinstance(obj, dict) else None
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
+def _task_ids(payload: dict[str, Any]) -> list[int]:
+    """The tasks an event is about: `task.id`, or the tasks of its `annotations` (bulk deletes)."""
+    ids = []
+    task = payload.get("task")
+    if isinstance(task, dict) and isinstance(task.get("id"), int):
+        ids.append(task["id"])
+    annotation = payload.get("annotation")
+    if isinstance(annotation, dict) and isinstance(annotation.get("task"), int):
+        ids.append(annotation["task"])
+    for a in payload.get("annotations") or []:
+        if isinstance(a, dict) and isinstance(a.get("task"), int):
+            ids.append(a["task"])
+    return sorted(set(ids))[:1000]
 
 
 class PeriodicLoop:
@@ -125,15 +173,17 @@ class PeriodicLoop:
         from vision.registry import ModelRegistry
 
         while not self._stop.wait(self.interval):
-            labeling = labeling_from_settings(self.ctx.settings)
-            if labeling is None:
-                log.debug("no Label Studio configured or running: loop cycle skipped")
-                continue
             try:
+                labeling = labeling_from_settings(self.ctx.settings)
+                if labeling is None:
+                    log.debug("no Label Studio configured or running: loop cycle skipped")
+                    continue
                 runner = LoopRunner(self.ctx, labeling, ModelRegistry.from_settings(self.ctx.settings))
                 for report in runner.run_once():
                     log.info("loop cycle, fleet %s: %s", report.fleet, report.to_json())
-            except Exception:
+            except ImportError as exc:
+                log.error("the periodic loop needs label-studio-sdk: pip install 'loopline[label]' (%s)", exc)
+            except Exception:  # the thread outlives any one bad cycle
                 log.exception("loop cycle failed; the next one retries")
 
     def stop(self) -> None:
@@ -146,10 +196,16 @@ def plugin(ctx: AppContext) -> ApiPlugin:
     """Entry point of the `loopline.api` group: the webhook route and the periodic loop."""
 
     def runner_factory():  # noqa: ANN202
+        from vision.labeling.client import labeling_from_settings
         from vision.loop.runner import LoopRunner
         from vision.registry import ModelRegistry
 
-        return LoopRunner(ctx, None, ModelRegistry.from_settings(ctx.settings))
+        try:
+            labeling = labeling_from_settings(ctx.settings)
+        except Exception as exc:  # noqa: BLE001 - the webhook then answers 503; polling still works
+            log.warning("webhook cannot read tasks from Label Studio: %s", exc)
+            labeling = None
+        return LoopRunner(ctx, labeling, ModelRegistry.from_settings(ctx.settings))
 
     ctx.services["labeling"] = LabelingApi(ctx=ctx, runner_factory=runner_factory, _names={})
     loop = PeriodicLoop(ctx, ctx.settings.loop_interval_s)

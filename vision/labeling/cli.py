@@ -26,7 +26,7 @@ def _local(settings: Settings, port: int | None = None) -> LocalLabelStudio:
         settings.home,
         executable=settings.label_studio_bin,
         port=port or settings.label_studio_port,
-        files_root=settings.home,
+        files_root=settings.home / "frames",
     )
 
 

@@ -16,6 +16,8 @@ database, and Label Studio's YOLO export skips such images — ours does not nee
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -26,7 +28,7 @@ from urllib.parse import quote
 from vision.labeling.convert import label_config
 
 log = logging.getLogger(__name__)
-WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+WEBHOOK_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED", "ANNOTATIONS_DELETED")
 WEBHOOK_HEADER = "X-Loopline-Webhook-Token"
 
 
@@ -46,6 +48,15 @@ class Annotation:
     result: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class TaskState:
+    """A task as the labeling server has it now: its frame and the annotation that counts (None: none)."""
+
+    task_id: int
+    frame: str
+    annotation: Annotation | None
+
+
 class Labeling(Protocol):
     """What the loop asks of a labeling tool."""
 
@@ -57,11 +68,22 @@ class Labeling(Protocol):
 
     def existing_frames(self, project_id: int) -> dict[str, int]: ...
 
-    def push(self, project_id: int, tasks: Sequence[dict[str, Any]]) -> dict[str, int]: ...
+    def push(
+        self, project_id: int, tasks: Sequence[dict[str, Any]], *, frames_dir: Path | None = None
+    ) -> dict[str, int]: ...
 
-    def annotations(self, project_id: int) -> list[Annotation]: ...
+    def task_states(self, project_id: int) -> list[TaskState]: ...
+
+    def task_annotation(self, task_id: int) -> TaskState | None: ...
 
     def ensure_webhook(self, project_id: int, url: str, secret: str) -> None: ...
+
+
+def webhook_token(secret: str, project_id: int) -> str:
+    """The header value of one project's webhook: a key per project, derived from the service's secret,
+    so a project's admin, who can read its webhook, cannot post events for another project."""
+    message = f"loopline-labeling-project:{int(project_id)}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()
 
 
 def project_title(fleet: str) -> str:
@@ -94,7 +116,7 @@ class LabelStudioLabeling:
         self.url = url.rstrip("/")
         self.files_root = files_root.resolve() if files_root else None
         self.client = LabelStudio(base_url=self.url, api_key=token, timeout=timeout)
-        self._storage_checked: set[int] = set()
+        self._storage_checked: set[tuple[int, Path]] = set()
 
     def _call(self, what: str, fn, *args, **kwargs):  # noqa: ANN001, ANN202
         import httpx
@@ -137,22 +159,23 @@ class LabelStudioLabeling:
         kind = "png" if key.endswith(".png") else "jpeg"
         return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
 
-    def _ensure_storage(self, project_id: int, frames_dir: Path) -> None:
-        """A local-files storage on the frames folder: Label Studio serves only files under one."""
-        if self.files_root is None or project_id in self._storage_checked:
+    def _ensure_storage(self, project_id: int, folder: Path) -> None:
+        """A local-files storage on one device's frames folder: Label Studio serves only files under one,
+        and a project sees the folders of its fleet's devices only."""
+        if self.files_root is None or (project_id, folder) in self._storage_checked:
             return
-        path = str(frames_dir.resolve())
+        path = str(folder.resolve())
         storages = self._call("listing storages", self.client.import_storage.local.list, project=project_id)
         if not any(getattr(s, "path", None) == path for s in storages):
             self._call(
-                "adding the frames storage",
+                "adding a frames storage",
                 self.client.import_storage.local.create,
                 project=project_id,
                 path=path,
-                title="loopline frames",
+                title=f"loopline frames: {folder.name}",
                 use_blob_urls=False,
             )
-        self._storage_checked.add(project_id)
+        self._storage_checked.add((project_id, folder))
 
     # --- tasks -----------------------------------------------------------------------
     def _tasks(self, project_id: int) -> list[Any]:
@@ -174,7 +197,8 @@ class LabelStudioLabeling:
         if not tasks:
             return {}
         if frames_dir is not None:
-            self._ensure_storage(project_id, frames_dir)
+            for device in sorted({str(t["data"].get("device") or "") for t in tasks} - {""}):
+                self._ensure_storage(project_id, frames_dir / device)
         answer = self._call(
             "importing tasks",
             self.client.projects.import_tasks,
@@ -188,34 +212,38 @@ class LabelStudioLabeling:
             return {t["data"]["frame"]: existing[t["data"]["frame"]] for t in tasks if t["data"]["frame"] in existing}
         return {t["data"]["frame"]: int(i) for t, i in zip(tasks, ids, strict=True)}
 
-    def annotations(self, project_id: int) -> list[Annotation]:
-        """The annotation that counts for each annotated task of the project."""
-        out = []
-        for t in self._tasks(project_id):
-            frame = t.data.get("frame") if isinstance(t.data, dict) else None
-            anns = [a if isinstance(a, dict) else a.dict() for a in (t.annotations or [])]
-            picked = pick_annotation(int(t.id), str(frame), anns) if frame else None
-            if picked is not None:
-                out.append(picked)
-        return out
+    def task_states(self, project_id: int) -> list[TaskState]:
+        """Every task of the project the loop pushed, with the annotation that counts for it."""
+        return [state for t in self._tasks(project_id) if (state := _state_of(t)) is not None]
+
+    def task_annotation(self, task_id: int) -> TaskState | None:
+        """One task as the server has it now (a webhook event is only a hint: this is the truth)."""
+        return _state_of(self._call("reading a task", self.client.tasks.get, id=str(task_id)))
 
     def ensure_webhook(self, project_id: int, url: str, secret: str) -> None:
-        """Annotation events of the project go to `url`, with our secret in a header (once)."""
+        """Annotation events of the project go to `url` with the project's token (once); hooks of ours
+        that point elsewhere (an old address of this service) are removed, so they stop getting it."""
         hooks = self._call("listing webhooks", self.client.webhooks.list, project=project_id)
-        headers = {WEBHOOK_HEADER: secret}
+        headers = {WEBHOOK_HEADER: webhook_token(secret, project_id)}
+        found = False
         for hook in hooks:
-            if hook.url == url:
-                if (hook.headers or {}) != headers or not hook.is_active:
-                    self._call(
-                        "updating the webhook",
-                        self.client.webhooks.update,
-                        id=hook.id,
-                        url=url,
-                        headers=headers,
-                        is_active=True,
-                        actions=list(WEBHOOK_ACTIONS),
-                    )
-                return
+            if hook.url != url:
+                if WEBHOOK_HEADER in (hook.headers or {}):
+                    self._call("removing an old webhook", self.client.webhooks.delete, id=hook.id)
+                continue
+            found = True
+            if (hook.headers or {}) != headers or not hook.is_active:
+                self._call(
+                    "updating the webhook",
+                    self.client.webhooks.update,
+                    id=hook.id,
+                    url=url,
+                    headers=headers,
+                    is_active=True,
+                    actions=list(WEBHOOK_ACTIONS),
+                )
+        if found:
+            return
         self._call(
             "adding the webhook",
             self.client.webhooks.create,
@@ -228,6 +256,15 @@ class LabelStudioLabeling:
             is_active=True,
         )
         log.info("Label Studio project %s sends annotation events to %s", project_id, url)
+
+
+def _state_of(task: Any) -> TaskState | None:
+    data = task.data if isinstance(task.data, dict) else {}
+    frame = data.get("frame")
+    if not frame:
+        return None  # not a task the loop pushed
+    anns = [a if isinstance(a, dict) else a.dict() for a in (task.annotations or [])]
+    return TaskState(task_id=int(task.id), frame=str(frame), annotation=pick_annotation(int(task.id), str(frame), anns))
 
 
 def labeling_from_settings(settings) -> LabelStudioLabeling | None:  # noqa: ANN001

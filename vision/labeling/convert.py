@@ -9,6 +9,7 @@ would silently swap classes, so it is not used.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 from xml.sax.saxutils import quoteattr
@@ -33,7 +34,13 @@ def prediction(detections: Sequence[dict[str, Any]], width: int, height: int, mo
     """A Label Studio prediction from a frame's detections (boxes x1, y1, x2, y2 in pixels)."""
     result = []
     for d in detections:
-        x1, y1, x2, y2 = (float(v) for v in d["box"])
+        try:  # a device's detections are its own account: a malformed one is dropped, not fatal
+            x1, y1, x2, y2 = (float(v) for v in d["box"])
+            name, score = str(d["name"]), float(d.get("score", 0.0))
+        except (KeyError, TypeError, ValueError):
+            continue
+        if not all(math.isfinite(v) for v in (x1, y1, x2, y2, score)):
+            continue
         x1, x2 = max(0.0, min(x1, x2)), min(float(width), max(x1, x2))
         y1, y2 = max(0.0, min(y1, y2)), min(float(height), max(y1, y2))
         if x2 <= x1 or y2 <= y1:
@@ -51,9 +58,9 @@ def prediction(detections: Sequence[dict[str, Any]], width: int, height: int, mo
                     "width": 100 * (x2 - x1) / width,
                     "height": 100 * (y2 - y1) / height,
                     "rotation": 0,
-                    "rectanglelabels": [str(d["name"])],
+                    "rectanglelabels": [name],
                 },
-                "score": float(d.get("score", 0.0)),
+                "score": min(1.0, max(0.0, score)),
             }
         )
     scores = [r["score"] for r in result]
@@ -72,13 +79,23 @@ def yolo_lines(result: Sequence[dict[str, Any]], names: Sequence[str]) -> str:
         if r.get("type") != "rectanglelabels":
             continue
         v = r.get("value") or {}
-        if abs(float(v.get("rotation") or 0.0)) > 1e-6:
+        try:
+            rotation = float(v.get("rotation") or 0.0)
+        except (TypeError, ValueError):
+            raise LabelError(f"rotation {v.get('rotation')!r} is not a number") from None
+        if abs(rotation) > 1e-6:
             raise LabelError("a rotated rectangle cannot be a YOLO box: draw it without rotation")
         for label in v.get("rectanglelabels") or []:
             if label not in ids:
                 raise LabelError(f"class {label!r} is not one of the model's classes ({', '.join(names)})")
-            x, y = _clip(float(v["x"])), _clip(float(v["y"]))
-            w, h = _clip(float(v["x"]) + float(v["width"])) - x, _clip(float(v["y"]) + float(v["height"])) - y
+            try:
+                x0, y0, w0, h0 = (float(v[k]) for k in ("x", "y", "width", "height"))
+            except (KeyError, TypeError, ValueError):
+                raise LabelError(f"a {label!r} rectangle without a readable position and size") from None
+            if not all(math.isfinite(n) for n in (x0, y0, w0, h0)):
+                raise LabelError(f"a {label!r} rectangle with a position or size that is not a number")
+            x, y = _clip(x0), _clip(y0)
+            w, h = _clip(x0 + w0) - x, _clip(y0 + h0) - y
             if w <= 0 or h <= 0:
                 continue
             lines.append(f"{ids[label]} {(x + w / 2) / 100:.6f} {(y + h / 2) / 100:.6f} {w / 100:.6f} {h / 100:.6f}")

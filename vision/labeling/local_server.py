@@ -203,7 +203,9 @@ class LocalLabelStudio:
 
     `executable`: the `label-studio` program (default: `default_executable()`); `port`: where it
     listens on 127.0.0.1; `files_root`: the folder it may serve to labelers as local files
-    (default: `home`, where frames live under `home/frames`).
+    (default: `home/frames`, where the device API stores frames — never the whole home, which
+    holds credentials and databases a Label Studio user could otherwise add as a storage).
+    Sign-up without an invitation link is off: accounts are made by whoever runs it.
     """
 
     def __init__(
@@ -217,7 +219,7 @@ class LocalLabelStudio:
         self.credentials_file = self.dir / "credentials.json"
         self.executable = executable or default_executable()
         self.port = port
-        self.files_root = Path(files_root or self.home).resolve()
+        self.files_root = Path(files_root or self.home / "frames").resolve()
 
     @classmethod
     def from_settings(cls, settings: Any) -> LocalLabelStudio:
@@ -313,6 +315,7 @@ class LocalLabelStudio:
             "SSRF_PROTECTION_ENABLED": "false",
             "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(self.files_root),
+            "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
         }
 
     def up(self, timeout: float = 300, *, progress: Callable[[str], None] | None = None) -> LabelStudioInfo:
@@ -373,6 +376,7 @@ class LocalLabelStudio:
             )
         creds = self._ensure_credentials()
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.files_root.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a root that does not exist
         first = not (self.data_dir / DATABASE).exists()
         if first:
             say("First start: Label Studio creates and migrates its database (about 1-2 minutes)…")

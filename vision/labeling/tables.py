@@ -22,9 +22,10 @@ from sqlalchemy.orm import Mapped, mapped_column
 from shared.metadata.store import MetadataStore
 from shared.metadata.tables import Base, utcnow
 
-# A task's label state: sent and waiting, labeled (boxes or an explicit "no defect"), or
-# skipped by the labeler (never trained on).
-PUSHED, LABELED, SKIPPED = "pushed", "labeled", "skipped"
+# A task's label state: sent and waiting, labeled (boxes or an explicit "no defect"), skipped
+# by the labeler, or invalid (an annotation that cannot be a YOLO label: an unknown class, a
+# rotated box; the labeler fixes it). Only labeled frames are trained on.
+PUSHED, LABELED, SKIPPED, INVALID = "pushed", "labeled", "skipped", "invalid"
 
 
 class LabelingTaskRow(Base):
@@ -58,6 +59,7 @@ class LoopCycleRow(Base):
     fleet: Mapped[str] = mapped_column(String(128), index=True)
     stage: Mapped[str] = mapped_column(String(16))  # train, export, evaluate, promote, done
     status: Mapped[str] = mapped_column(String(16), default="running", index=True)  # running/promoted/rejected/failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # failed tries of its current stage
     trigger: Mapped[str] = mapped_column(Text, default="")
     dataset: Mapped[str] = mapped_column(String(256))  # name@version of the labeled frames
     parent_version: Mapped[str | None] = mapped_column(String(64), nullable=True)
@@ -96,6 +98,7 @@ class LoopCycle:
     fleet: str
     stage: str
     status: str
+    attempts: int
     trigger: str
     dataset: str
     parent_version: str | None
@@ -124,18 +127,37 @@ class LabelingRecords:
         self.store = store
 
     # --- tasks -----------------------------------------------------------------------
-    def known_frames(self, fleet: str | None = None) -> set[str]:
+    def known_frames(self, *, project_id: int | None = None) -> set[str]:
+        """Frames recorded as tasks (of one project when given)."""
         with self.store.session() as s:
             q = select(LabelingTaskRow.frame)
-            if fleet is not None:
-                q = q.where(LabelingTaskRow.fleet == fleet)
+            if project_id is not None:
+                q = q.where(LabelingTaskRow.project_id == project_id)
             return set(s.scalars(q))
 
     def add_task(self, task: dict) -> None:
-        """Record a task the server acknowledged; a frame already recorded is left as it is."""
+        """Record a task the server acknowledged. A frame recorded in another project (the labeling
+        server's database was replaced) and not labeled there moves to this task; others stay."""
         with self.store.session() as s, s.begin():
-            if s.get(LabelingTaskRow, task["frame"]) is None:
+            row = s.get(LabelingTaskRow, task["frame"])
+            if row is None:
                 s.add(LabelingTaskRow(pushed_at=utcnow(), status=PUSHED, **task))
+            elif row.project_id != task["project_id"] and row.status == PUSHED:
+                row.project_id, row.task_id, row.pushed_at = task["project_id"], task["task_id"], utcnow()
+
+    def unlabel(self, project_id: int, task_id: int) -> bool:
+        """A task whose annotations were deleted in the labeling tool goes back to waiting."""
+        with self.store.session() as s, s.begin():
+            row = s.scalar(
+                select(LabelingTaskRow).where(
+                    LabelingTaskRow.project_id == project_id, LabelingTaskRow.task_id == task_id
+                )
+            )
+            if row is None or row.status == PUSHED:
+                return False
+            row.status, row.labels, row.annotation_id, row.annotation_updated_at = PUSHED, None, None, None
+            row.labeled_at = utcnow()
+            return True
 
     def tasks(self, fleet: str | None = None, *, status: str | None = None) -> list[LabelingTask]:
         with self.store.session() as s:
@@ -189,6 +211,7 @@ class LabelingRecords:
                 fleet=fleet,
                 stage="train",
                 status="running",
+                attempts=0,
                 trigger=trigger,
                 dataset=dataset,
                 parent_version=parent_version,
@@ -204,7 +227,7 @@ class LabelingRecords:
         """Write the cycle's stage and results (after each stage: what a resume starts from)."""
         values = {
             k: getattr(cycle, k)
-            for k in ("stage", "status", "candidate_version", "gate", "seconds", "reason", "finished_at")
+            for k in ("stage", "status", "attempts", "candidate_version", "gate", "seconds", "reason", "finished_at")
         }
         with self.store.session() as s, s.begin():
             s.execute(update(LoopCycleRow).where(LoopCycleRow.id == cycle.id).values(**values))
@@ -216,10 +239,9 @@ class LabelingRecords:
                 q = q.where(LoopCycleRow.fleet == fleet)
             return [LoopCycle.of(r) for r in s.scalars(q)]
 
-    def last_cycle_end(self, fleet: str) -> datetime | None:
+    def last_cycle_start(self, fleet: str) -> datetime | None:
+        """When the fleet's last cycle started: its labeled dataset was taken then."""
         with self.store.session() as s:
             return s.scalar(
-                select(LoopCycleRow.finished_at)
-                .where(LoopCycleRow.fleet == fleet, LoopCycleRow.finished_at.is_not(None))
-                .order_by(LoopCycleRow.id.desc())
+                select(LoopCycleRow.started_at).where(LoopCycleRow.fleet == fleet).order_by(LoopCycleRow.id.desc())
             )

@@ -41,7 +41,14 @@ def run_once(fleets: tuple[str, ...], as_json: bool) -> None:
     from vision.registry import ModelRegistry
 
     settings = Settings()
-    labeling = labeling_from_settings(settings)
+    try:
+        labeling = labeling_from_settings(settings)
+    except ImportError as exc:
+        raise click.ClickException(
+            f"the loop talks to Label Studio with label-studio-sdk: pip install 'loopline[label]' ({exc})"
+        ) from exc
+    except RuntimeError as exc:  # LabelStudioError: a URL without a token, unreadable credentials
+        raise click.ClickException(str(exc)) from exc
     if labeling is None:
         click.echo(
             "no Label Studio: start one with `loopline labelstudio up`, or set LOOPLINE_LABEL_STUDIO_URL and "

@@ -142,18 +142,13 @@ def _matches(pred: list[dict], truth: list[Box], iou: float = 0.5) -> bool:
     return not left
 
 
-def _psi(reference: dict, images: list[np.ndarray], feature: str = "brightness") -> float:
-    """PSI of a feature of `images` against a model's reference histogram (reference.json)."""
-    from edge.quality import FixedHistograms, frame_quality
+def _psi(reference: dict, images: list[np.ndarray], feature: str = "brightness") -> float | None:
+    """PSI of a feature of `images` against a model's reference (its reference.json), as devices judge it."""
+    from edge.quality import frame_quality
+    from edge.selection.input_drift import psi_against
 
-    ref = reference.get(feature) or reference.get("histograms", {}).get(feature)
-    hist = FixedHistograms({feature: ref["edges"]})
-    for img in images:
-        hist.add({feature: frame_quality(img)[feature]})
-    r = np.asarray(ref["counts"], float)
-    c = np.asarray(hist.counts[feature], float)
-    r, c = (r + 0.5) / (r + 0.5).sum(), (c + 0.5) / (c + 0.5).sum()
-    return float(np.sum((c - r) * np.log(c / r)))
+    value = psi_against(reference.get(feature) or {}, [frame_quality(img)[feature] for img in images], bins=5)
+    return None if value is None else round(value, 3)
 
 
 def _mean_top_score(model: Path, images: list[np.ndarray]) -> float:
@@ -174,7 +169,6 @@ def run_demo(
     """Run the whole loop once in `settings.home/demo-loop` (wiped first); returns its figures."""
     from shared.auth import Device, DeviceRegistry, KeyRegistry
     from shared.metadata import MetadataStore
-    from vision.labeling.local_server import LocalLabelStudio
     from vision.registry import ModelRegistry
     from vision.release import export_version
     from vision.training import model_dir, train_detector
@@ -191,11 +185,12 @@ def run_demo(
 
     home = settings.ensure_home().resolve()
     demo_home = home / "demo-loop"
+    local = _demo_label_studio(settings, demo_home)
+    local.down()  # the last demo's server, left running for a look, goes with its folder
     shutil.rmtree(demo_home, ignore_errors=True)
     demo_home.mkdir(parents=True)
 
     # 1. Label Studio, in the background while the model trains.
-    local = LocalLabelStudio.from_settings(settings)
     ls_box: dict[str, Any] = {}
 
     def start_ls() -> None:
@@ -233,20 +228,27 @@ def run_demo(
     if "error" in ls_box:
         raise RuntimeError(f"Label Studio did not start: {ls_box['error']}")
     info = ls_box["info"]
-    result.labelstudio = {"url": info.url, "start_seconds": ls_box["seconds"]}
+    result.labelstudio = {
+        "url": info.url,
+        "start_seconds": ls_box["seconds"],
+        "login": f"loopline@localhost, password in {local.credentials_file}",
+        "stop": f"LOOPLINE_HOME={demo_home} loopline labelstudio down",
+    }
     say(f"Label Studio is up at {info.url} (started in {ls_box['seconds']:.0f} s, in parallel)")
     stage("labelstudio_wait")
 
     # 3. Central on loopback, and the device.
     from vision.labeling.client import LabelStudioLabeling, project_title
 
-    labeling = LabelStudioLabeling(info.url, info.token, files_root=info.files_root or home)
+    labeling = LabelStudioLabeling(info.url, info.token, files_root=info.files_root)
     _delete_project(labeling, project_title(FLEET))  # a fresh project for a fresh demo
     with _central(
         dsettings, registry, info, DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=DEVICE_TOKEN)]), KeyRegistry([])
     ) as (central_url, ctx):
         clock = SimClock(CLEAN_FRAMES + SHIFTED_FRAMES + AFTER_FRAMES)
         stream = Stream(clock)
+        stream_ref = f"vision:{FLEET}"
+        _seed_reference(ctx, stream_ref, res.version, model_dir(dsettings, res.version), clock.start - 3600)
         agent, agent_thread = _start_device(demo_home / "device", central_url, stream, clock)
         checks = _Checks(ctx)
         checks.start()
@@ -255,14 +257,6 @@ def run_demo(
         )
         stream.feed(_plates(rng, CLEAN_FRAMES, Shift(), "clean", truth))
         _wait(lambda: stream.drained() and agent.outbox.stats().pending == 0, 120)
-        stream_ref = f"vision:{FLEET}"
-        ctx.drift.freeze_reference(
-            stream_ref,
-            label=res.version,
-            since=_dt(clock.start),
-            until=_dt(clock.start + CLEAN_FRAMES * 60 - 1),
-            min_n=50,
-        )
         stream.feed(_plates(rng, SHIFTED_FRAMES, shift, "shifted", truth))
         _wait(lambda: stream.drained() and agent.outbox.stats().pending == 0, 300)
         time.sleep(1.0)
@@ -361,14 +355,44 @@ def run_demo(
             }
         )
         if reference:
-            result.psi[side] = {
-                "shifted": round(_psi(reference, shifted_images), 3),
-                "clean": round(_psi(reference, clean_images), 3),
-            }
+            result.psi[side] = {"shifted": _psi(reference, shifted_images), "clean": _psi(reference, clean_images)}
     stage("evaluate")
     result.seconds["total"] = round(time.perf_counter() - t_all, 1)
     (demo_home / "demo.json").write_text(json.dumps(result.to_json(), indent=1, default=str))
     return result
+
+
+def _demo_label_studio(settings: Settings, demo_home: Path):  # noqa: ANN202
+    """The demo's own Label Studio: its database and the frames it serves live in the demo's folder."""
+    from vision.labeling.local_server import LocalLabelStudio, port_in_use
+
+    port = settings.label_studio_port
+    state = demo_home / "labelstudio" / "server.json"
+    previous = json.loads(state.read_text()).get("port") if state.exists() else None
+    if port_in_use(port) and port != previous:  # your own `loopline labelstudio up` keeps its port
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+    return LocalLabelStudio(
+        demo_home, executable=settings.label_studio_bin, port=previous or port, files_root=demo_home / "frames"
+    )
+
+
+def _seed_reference(ctx, stream: str, version: str, folder: Path, at: float) -> None:  # noqa: ANN001
+    """Central's drift reference for the stream: the quality histograms of the version's training
+    frames (its reference.json), counted in a bucket before the stream starts and frozen there."""
+    from vision.release import read_reference
+
+    reference = read_reference(folder)
+    if not reference:
+        log.warning("version %s has no reference.json: central judges drift once it has its own reference", version)
+        return
+    ctx.drift.record_totals(
+        stream, source=f"training-frames-v{version}", epoch=version, histograms=reference, at=_dt(at)
+    )
+    ctx.drift.freeze_reference(stream, label=version, since=_dt(at), until=_dt(at), min_n=50)
 
 
 def _count(values) -> dict[str, int]:  # noqa: ANN001

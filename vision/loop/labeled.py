@@ -17,6 +17,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -31,9 +32,25 @@ log = logging.getLogger(__name__)
 TRAIN, HOLDOUT = "train", "holdout"
 
 
-def is_holdout(frame: str, share: float) -> bool:
-    """Whether a frame is held out: a stable function of its id, about `share` of all frames."""
-    return int(hashlib.sha256(frame.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+def is_holdout(group: str, share: float) -> bool:
+    """Whether a group of frames is held out: a stable function of its name, about `share` of all groups."""
+    return int(hashlib.sha256(group.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF < share
+
+
+HOLDOUT_WINDOW_S = 600  # frames of one device within ten minutes fall on one side together
+
+
+def holdout_group(record: dict) -> str:
+    """What decides a frame's side: its device and ten-minute window of capture, so near-duplicate
+    neighbours never sit on both sides (which would flatter the new-data score); the frame itself
+    when its capture time is unknown."""
+    from vision.api import captured_time
+
+    at = record.get("captured_at")
+    if at in (None, ""):
+        return str(record.get("_key") or record.get("frame_id"))
+    when = captured_time(at, datetime.now(UTC))
+    return f"{record.get('device_id')}@{int(when.timestamp() // HOLDOUT_WINDOW_S)}"
 
 
 def dataset_name(fleet: str) -> str:

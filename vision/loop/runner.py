@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -33,13 +34,14 @@ from vision.api import drift_stream
 from vision.datasets.version_store import DatasetVersionStore
 from vision.labeling.client import Annotation, Labeling, LabelingUnavailable
 from vision.labeling.convert import LabelError, prediction, yolo_lines
-from vision.labeling.tables import LABELED, SKIPPED, LabelingRecords, LoopCycle
+from vision.labeling.tables import INVALID, LABELED, PUSHED, SKIPPED, LabelingRecords, LoopCycle
 from vision.loop import labeled as datasets
 from vision.loop.gate import GateRules, judge
 from vision.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 PUSH_BATCH = 50
+MAX_ATTEMPTS = 3  # tries of one stage before its cycle is marked failed
 
 
 @dataclass
@@ -52,6 +54,7 @@ class FleetReport:
     pulled: int = 0  # annotations new or changed since the last pull
     labeled: int = 0  # frames with a usable label in all
     skipped: int = 0
+    invalid: int = 0  # annotations that cannot be YOLO labels (an unknown class, a rotated box): labelers fix them
     dataset: str | None = None
     trigger: str | None = None
     waiting: str | None = None  # why no retraining started, when none did
@@ -71,12 +74,19 @@ def webhook_secret(ctx: AppContext) -> str:
     if configured is not None:
         return configured.get_secret_value()
     path = ctx.settings.home / "labelstudio" / "webhook-secret"
-    if path.is_file() and path.read_text().strip():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:  # created once, readable by us only; of two processes racing, the first one's secret stands
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):
+            secret = path.read_text().strip()
+            if secret:
+                return secret
+            time.sleep(0.02)  # the winner is writing it
+        raise RuntimeError(f"{path} is empty: delete it, and the next start makes a new secret") from None
     secret = secrets.token_urlsafe(32)
-    path.touch(mode=0o600)
-    path.write_text(secret + "\n")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
     return secret
 
 
@@ -135,8 +145,9 @@ class LoopRunner:
 
     def fleets(self) -> list[str]:
         """Fleets whose devices uploaded frames, and fleets with an unfinished cycle."""
-        found = {rec.get("fleet") for rec in self._frame_records(skip=set())}
-        found |= {t.fleet for t in self.records.tasks()}
+        tasks = self.records.tasks()
+        found = {t.fleet for t in tasks}  # frames already pushed name their fleet here: not read again
+        found |= {rec.get("fleet") for rec in self._frame_records(skip={t.frame for t in tasks})}
         return sorted(f for f in found if f)
 
     def _cycle(self, fleet: str, report: FleetReport) -> None:
@@ -144,20 +155,13 @@ class LoopRunner:
         if production is None:
             report.waiting = "the fleet has no production model yet"
             return
-        names = self._classes(production.tags)
+        names = self.classes(production.tags)
         if self.labeling is not None:
-            with self._timed(report, "push"):
-                try:
-                    report.project_id = self.labeling.ensure_project(fleet, names)
-                    self._webhook(report.project_id)
-                    report.pushed = self.push(fleet, report.project_id)
-                    report.pulled = self.pull(report.project_id, names)
-                except LabelingUnavailable as exc:
-                    log.warning("labeling is unavailable; frames and labels wait for the next cycle: %s", exc)
-                    report.errors.append(str(exc))
+            self._exchange(fleet, names, report)
         tasks = self.records.tasks(fleet)
         report.labeled = sum(t.status == LABELED for t in tasks)
         report.skipped = sum(t.status == SKIPPED for t in tasks)
+        report.invalid = sum(t.status == INVALID for t in tasks)
         cycle = self.records.open_cycle(fleet)
         if cycle is None:
             if report.labeled == 0:
@@ -186,10 +190,39 @@ class LoopRunner:
             self.on_stage(fleet, f"cycle {cycle.id} started: {trigger}")
         else:
             report.dataset = cycle.dataset
+            for req in self.ctx.alerts.open_retraining_requests(drift_stream(fleet)):
+                if _utc(req.created_at) <= _utc(cycle.started_at):  # a crash came between start and consume
+                    self.ctx.alerts.consume(req.id, by=f"loop cycle {cycle.id}")
             self.on_stage(fleet, f"cycle {cycle.id} resumes at its {cycle.stage} stage")
         report.trigger = cycle.trigger
         self._advance(cycle, report)
         report.cycle = cycle.to_json()
+
+    def _exchange(self, fleet: str, names: Sequence[str], report: FleetReport) -> None:
+        """Push, then pull, each on its own: a failed push (or webhook set-up) never stops the pull."""
+        assert self.labeling is not None
+        with self._timed(report, "push"):
+            try:
+                report.project_id = self.labeling.ensure_project(fleet, names)
+            except LabelingUnavailable as exc:
+                log.warning("labeling is unavailable; frames and labels wait for the next cycle: %s", exc)
+                report.errors.append(str(exc))
+                return
+            try:
+                self._webhook(report.project_id)
+            except LabelingUnavailable as exc:  # polling still pulls every annotation
+                log.warning("annotation webhook not set up (annotations are polled instead): %s", exc)
+            try:
+                report.pushed = self.push(fleet, report.project_id)
+            except LabelingUnavailable as exc:
+                log.warning("push failed; the frames stay stored and go next cycle: %s", exc)
+                report.errors.append(str(exc))
+        with self._timed(report, "pull"):
+            try:
+                report.pulled = self.pull(report.project_id, names)
+            except LabelingUnavailable as exc:
+                log.warning("pull failed; the annotations stay in Label Studio for the next cycle: %s", exc)
+                report.errors.append(str(exc))
 
     def _timed(self, report: FleetReport, stage: str):  # noqa: ANN202
         runner = self
@@ -222,8 +255,13 @@ class LoopRunner:
     def push(self, fleet: str, project_id: int) -> int:
         """Send the fleet's new frames as pre-annotated tasks; returns how many were sent."""
         assert self.labeling is not None
-        known = self.records.known_frames()
-        new = [r for r in self._frame_records(skip=known) if r.get("fleet") == fleet]
+        known = self.records.known_frames(project_id=project_id)
+        elsewhere = {t.frame for t in self.records.tasks(fleet, status=PUSHED) if t.project_id != project_id}
+        new = [
+            r
+            for r in self._frame_records(skip=known | (self.records.known_frames() - elsewhere))
+            if r.get("fleet") == fleet
+        ]
         if not new:
             return 0
         existing = self.labeling.existing_frames(project_id)  # tasks made before a crash: record, don't resend
@@ -235,8 +273,15 @@ class LoopRunner:
             else:
                 todo.append(rec)
         for i in range(0, len(todo), PUSH_BATCH):
-            batch = todo[i : i + PUSH_BATCH]
-            tasks = [self._task(rec) for rec in batch]
+            batch, tasks = [], []
+            for rec in todo[i : i + PUSH_BATCH]:
+                try:
+                    tasks.append(self._task(rec))
+                    batch.append(rec)
+                except (KeyError, TypeError, ValueError, OSError) as exc:  # a frame whose record or image is broken
+                    log.error("frame %s cannot become a labeling task, left out: %s", rec.get("_key"), exc)
+            if not tasks:
+                continue
             ids = self.labeling.push(project_id, tasks, frames_dir=self.frames_dir)
             for rec in batch:
                 if rec["_key"] in ids:
@@ -269,7 +314,7 @@ class LoopRunner:
                 "image": rec["image"],
                 "model_version": rec.get("model_version"),
                 "reason": rec.get("reason"),
-                "holdout": datasets.is_holdout(rec["_key"], self.settings.loop_holdout_share),
+                "holdout": datasets.is_holdout(datasets.holdout_group(rec), self.settings.loop_holdout_share),
             }
         )
 
@@ -277,8 +322,11 @@ class LoopRunner:
         """Store every annotation new or changed since the last pull; returns how many."""
         assert self.labeling is not None
         changed = 0
-        for ann in self.labeling.annotations(project_id):
-            changed += self.apply(project_id, ann, names)
+        for state in self.labeling.task_states(project_id):
+            if state.annotation is None:
+                changed += self.records.unlabel(project_id, state.task_id)  # its annotations were deleted
+            else:
+                changed += self.apply(project_id, state.annotation, names)
         return changed
 
     def apply(self, project_id: int, ann: Annotation, names: Sequence[str]) -> bool:
@@ -296,9 +344,13 @@ class LoopRunner:
                 status, labels = LABELED, yolo_lines(ann.result, names)
             except LabelError as exc:
                 log.warning(
-                    "annotation %s of frame %s not usable, frame kept out: %s", ann.annotation_id, task.frame, exc
+                    "annotation %s of frame %s (task %s) cannot be a label, frame kept out until it is fixed: %s",
+                    ann.annotation_id,
+                    task.frame,
+                    ann.task_id,
+                    exc,
                 )
-                status, labels = SKIPPED, None
+                status, labels = INVALID, None
         return self.records.record_label(
             task.frame, status=status, annotation_id=ann.annotation_id, updated_at=ann.updated_at, labels=labels
         )
@@ -312,7 +364,7 @@ class LoopRunner:
     # --- trigger ---------------------------------------------------------------------
     def _trigger(self, fleet: str, tasks: Sequence, labeled) -> tuple[str | None, str | None]:  # noqa: ANN001
         """(why a retraining starts now, None) or (None, what it waits for)."""
-        since = self.records.last_cycle_end(fleet)
+        since = self.records.last_cycle_start(fleet)
         fresh = [t for t in tasks if t.status == LABELED and (since is None or _utc(t.labeled_at) > _utc(since))]
         holdout = len(datasets.split_images(labeled, "val"))
         if not fresh:
@@ -343,8 +395,12 @@ class LoopRunner:
                 stages[stage](cycle)
             except Exception as exc:
                 cycle.seconds[stage] = round(time.perf_counter() - t0, 2)
-                self.records.save_cycle(cycle)  # stays at this stage: the next cycle tries again
-                raise RuntimeError(f"cycle {cycle.id} failed at its {stage} stage: {exc}") from exc
+                cycle.attempts += 1
+                why = f"cycle {cycle.id} failed at its {stage} stage ({cycle.attempts} of {MAX_ATTEMPTS} tries): {exc}"
+                if cycle.attempts >= MAX_ATTEMPTS:  # the same error every time: stop, so a new cycle can start
+                    cycle.status, cycle.reason, cycle.finished_at = "failed", why, datetime.now(UTC)
+                self.records.save_cycle(cycle)  # else it stays at this stage: the next cycle tries again
+                raise RuntimeError(why) from exc
             cycle.seconds[stage] = round(time.perf_counter() - t0, 2)
             report.seconds[stage] = cycle.seconds[stage]
             self.records.save_cycle(cycle)
@@ -388,10 +444,7 @@ class LoopRunner:
             epochs=self.settings.loop_epochs,
             imgsz=int(parent.tags.get("imgsz", 160)),
             from_version=parent.version,
-        )
-        self.registry.set_tags(
-            result.version,
-            {
+            extra_tags={  # written with the registration itself: a crash cannot leave a candidate without them
                 "loop_cycle": str(cycle.id),
                 "fleet": cycle.fleet,
                 "parent_version": parent.version,
@@ -418,9 +471,10 @@ class LoopRunner:
 
         mv = self.registry.get(version)
         folder = model_dir(self.settings, mv.version)
-        onnx = folder / "model.fp32.onnx"
-        if onnx.exists():
-            return onnx
+        precision = mv.tags.get("preferred_precision", "fp32")  # what devices run is what is judged
+        for onnx in (folder / f"model.{precision}.onnx", folder / "model.fp32.onnx"):
+            if onnx.exists():
+                return onnx
         pt = folder / "best.pt"
         return pt if pt.exists() else self.registry.download(mv.version, "weights/best.pt", folder)
 
@@ -461,6 +515,15 @@ class LoopRunner:
 
     def _promote(self, cycle: LoopCycle) -> None:
         version = str(cycle.candidate_version)
+        now = self.registry.production(cycle.fleet)
+        if now is not None and now.version not in (cycle.parent_version, version):
+            cycle.stage, cycle.status = "done", "rejected"
+            cycle.reason = (
+                f"production of fleet {cycle.fleet} moved from v{cycle.parent_version} to v{now.version} during the "
+                "cycle (a promotion or rollback by hand): not overwritten"
+            )
+            cycle.finished_at = datetime.now(UTC)
+            return
         self.registry.promote(version, fleet=cycle.fleet)
         self.ctx.drift.request_reference(drift_stream(cycle.fleet), label=version)
         cycle.stage, cycle.status = "done", "promoted"
@@ -468,7 +531,7 @@ class LoopRunner:
         cycle.finished_at = datetime.now(UTC)
         log.info("fleet %s: version %s promoted (was %s)", cycle.fleet, version, cycle.parent_version)
 
-    def _classes(self, tags: dict[str, str]) -> list[str]:
+    def classes(self, tags: dict[str, str]) -> list[str]:
         ref = tags.get("base_dataset") or tags.get("dataset_version")
         found = DatasetVersionStore(self.ctx.metadata).get(ref) if ref else None
         if found is None or not found.classes:

@@ -47,6 +47,7 @@ def upgrade() -> None:
         sa.Column("fleet", sa.String(length=128), nullable=False),
         sa.Column("stage", sa.String(length=16), nullable=False),
         sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
         sa.Column("trigger", sa.Text(), nullable=False),
         sa.Column("dataset", sa.String(length=256), nullable=False),
         sa.Column("parent_version", sa.String(length=64), nullable=True),
