@@ -49,6 +49,14 @@ class CoreSettings(BaseSettings):
         description="SQLAlchemy URL of the metadata store, e.g. `postgresql+psycopg://user@host/db`; "
         "SQLite under home if unset.",
     )
+    object_store_url: str | None = Field(
+        None,
+        description="Where frames and other objects live: `s3://BUCKET` or `s3://BUCKET/PREFIX` (boto3 finds "
+        "credentials as usual: AWS_* variables, a profile, an instance role); the home folder if unset.",
+    )
+    s3_endpoint_url: str | None = Field(
+        None, description="An S3-compatible server (MinIO, Ceph, …) instead of AWS, e.g. `http://minio:9000`."
+    )
 
     # API
     api_keys_file: Path | None = Field(

@@ -24,7 +24,7 @@ from shared.metrics import ServiceMetrics
 from shared.monitoring.alert_store import AlertStore
 from shared.monitoring.drift import DriftMonitor
 from shared.monitoring.monitoring_config import MonitoringConfig, load_monitoring_config
-from shared.objectstore import LocalObjectStore, ObjectStore
+from shared.objectstore import ObjectStore, open_object_store
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ class AppContext:
             monitoring=monitoring,
             drift=DriftMonitor(store, warn=monitoring.drift.warn, alert=monitoring.drift.alert),
             alerts=AlertStore(store),
-            objects=LocalObjectStore(settings.home),
+            objects=open_object_store(settings),
             metrics=ServiceMetrics(enabled=False),
             local_token=local_token,
             _owns_metadata=metadata is None,

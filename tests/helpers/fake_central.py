@@ -290,13 +290,14 @@ def png_claiming(w: int, h: int) -> bytes:
 # --- the real thing, for contract tests -------------------------------------------------------
 @contextmanager
 def real_device_api(
-    frames_dir: Path, models: object = None, *, settings: Any = None, metrics: Any = None
+    frames_dir: Path, models: object = None, *, settings: Any = None, metrics: Any = None, store: Any = None
 ) -> Iterator[tuple[str, Any]]:
     """vision.api's device router (FastAPI: tests only) served by uvicorn, knowing one device
     (DEVICE in FLEET with TOKEN) and storing frames under `frames_dir`; `models` answers
     `current(fleet) -> (ModelInfo, path)`. `settings` (default: `Settings` with a home beside
     `frames_dir`) sets the frame limits; `metrics` (default: off) records what was stored.
-    Yields (url, frame store). Skips the test where fastapi, uvicorn or the vision extra is missing."""
+    `store` replaces the frame folder with another object store (S3). Yields (url, frame store).
+    Skips the test where fastapi, uvicorn or the vision extra is missing."""
     pytest.importorskip("fastapi")
     pytest.importorskip("uvicorn")
     api = pytest.importorskip("vision.api")
@@ -309,7 +310,7 @@ def real_device_api(
     from shared.objectstore import LocalObjectStore
 
     devices = DeviceRegistry([Device(id=DEVICE, fleet=FLEET, token=TOKEN)])
-    store = LocalObjectStore(frames_dir)
+    store = store if store is not None else LocalObjectStore(frames_dir)
     settings = settings or Settings(home=frames_dir.parent / "central-home", frame_max_bytes=8_000_000)
     ctx = SimpleNamespace(
         settings=settings, metrics=metrics or ServiceMetrics(enabled=False), devices=devices, services={}

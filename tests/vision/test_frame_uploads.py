@@ -197,3 +197,29 @@ def test_the_devices_own_name_for_the_frame_is_kept_in_its_record(central: Centr
     too_long = {**meta, "frame_id": uuid.uuid4().hex, "source_frame": "x" * 256}
     r = central.post(too_long["frame_id"], jpeg(), frame_meta=json.dumps(too_long))
     assert r.status_code == 422 and "'source_frame'" in r.json()["detail"] and "255" in r.json()["detail"]
+
+
+# --- frames in an S3 bucket: the same guarantees through the other adapter -----------------------
+def test_frames_in_s3_are_stored_once_and_never_overwritten(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from s3_server import new_bucket, s3_credentials, s3_server
+
+    from shared.objectstore import S3ObjectStore
+
+    s3_credentials(monkeypatch)
+    with s3_server() as endpoint:
+        bucket = new_bucket(endpoint)
+        store = S3ObjectStore(bucket, "frames/", endpoint_url=endpoint)
+        settings = Settings(home=tmp_path / "central-home")
+        metrics = ServiceMetrics(enabled=True)
+        with real_device_api(tmp_path / "unused", settings=settings, metrics=metrics, store=store) as (url, _):
+            central = Central(url, tmp_path / "unused", metrics)
+            fid = f"s3-{uuid.uuid4().hex[:8]}"
+            answers = at_once(6, lambda i: central.post(fid, [jpeg(60), jpeg(180)][i % 2]))
+            winner = next(i for i, a in enumerate(answers) if a.status_code == 201)
+            for i, a in enumerate(answers):
+                if i != winner:
+                    assert a.status_code == (200 if i % 2 == winner % 2 else 409), (i, winner, a.text)
+            assert store.get(f"{DEVICE}/{fid}.jpg") == [jpeg(60), jpeg(180)][winner % 2]
+            assert store.list() == [f"{DEVICE}/{fid}.jpg", f"{DEVICE}/{fid}.json"]
+            assert central.received() == 1
+        assert not (tmp_path / "unused").exists(), "nothing went to the local disk"

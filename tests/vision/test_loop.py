@@ -429,3 +429,35 @@ def test_loop_run_once_cli_prints_its_report(central: Central, monkeypatch: pyte
     [fleet] = json.loads(out.stdout)["fleets"]
     assert fleet["fleet"] == FLEET and fleet["pushed"] == 1 and fleet["project_id"]
     assert {"pulled", "labeled", "skipped", "dataset", "trigger", "waiting", "cycle", "promoted_version"} <= set(fleet)
+
+
+def test_frames_in_an_s3_bucket_reach_label_studio_inline(central: Central, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from s3_server import new_bucket, s3_credentials, s3_server
+
+    from shared.objectstore import S3ObjectStore
+    from vision.labeling.client import LabelStudioLabeling
+    from vision.loop.runner import LoopRunner
+
+    s3_credentials(monkeypatch)
+    with s3_server() as endpoint:
+        objects = S3ObjectStore(new_bucket(endpoint), endpoint_url=endpoint)
+        ctx = dataclasses.replace(central.ctx, objects=objects)
+        img, _ = render_plate(central.rng, 64, Shift())
+        jpg = cv2.imencode(".jpg", img)[1].tobytes()
+        [frame_id] = central.frame_ids(1)
+        record = {"device_id": "cam-s3", "frame_id": frame_id, "fleet": FLEET, "image": f"cam-s3/{frame_id}.jpg"}
+        objects.put(f"frames/cam-s3/{frame_id}.jpg", jpg)
+        objects.put(f"frames/cam-s3/{frame_id}.json", json.dumps(record | {"width": 64, "height": 64}).encode())
+        labeling = LabelStudioLabeling(
+            central.label_studio.url, central.label_studio.token, files_root=central.label_studio.files_root
+        )
+        [r] = LoopRunner(ctx, labeling, central.registry).run_once([FLEET])
+    assert not r.errors and r.pushed == 1
+    task = next(
+        t
+        for t in central.labeler().tasks.list(project=r.project_id, fields="all")
+        if t.data["frame"] == f"cam-s3/{frame_id}"
+    )
+    assert task.data["image"].startswith("data:image/jpeg;base64,"), "a bucket is not on Label Studio's disk"

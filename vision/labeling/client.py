@@ -19,7 +19,7 @@ import base64
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -64,7 +64,7 @@ class Labeling(Protocol):
 
     def ensure_project(self, fleet: str, names: Sequence[str]) -> int: ...
 
-    def image_ref(self, frames_dir: Path, key: str) -> str: ...
+    def image_ref(self, frames_dir: Path, key: str, read: Callable[[], bytes] | None = None) -> str: ...
 
     def existing_frames(self, project_id: int) -> dict[str, int]: ...
 
@@ -151,13 +151,15 @@ class LabelStudioLabeling:
         log.info("created Label Studio project %s (%s) for fleet %s", project.id, title, fleet)
         return int(project.id)
 
-    def image_ref(self, frames_dir: Path, key: str) -> str:
-        """How a task names its image: a local-files URL when Label Studio shares our disk, else inline."""
+    def image_ref(self, frames_dir: Path, key: str, read: Callable[[], bytes] | None = None) -> str:
+        """How a task names its image: a local-files URL when Label Studio shares our disk (the frame
+        is a file under its root), else the bytes inline (`read` gets them from the object store)."""
         path = (frames_dir / key).resolve()
-        if self.files_root is not None and path.is_relative_to(self.files_root):
+        if self.files_root is not None and path.is_relative_to(self.files_root) and path.is_file():
             return "/data/local-files/?d=" + quote(path.relative_to(self.files_root).as_posix())
         kind = "png" if key.endswith(".png") else "jpeg"
-        return f"data:image/{kind};base64," + base64.b64encode(path.read_bytes()).decode()
+        data = read() if read is not None else path.read_bytes()
+        return f"data:image/{kind};base64," + base64.b64encode(data).decode()
 
     def _ensure_storage(self, project_id: int, folder: Path) -> None:
         """A local-files storage on one device's frames folder: Label Studio serves only files under one,
@@ -198,7 +200,8 @@ class LabelStudioLabeling:
             return {}
         if frames_dir is not None:
             for device in sorted({str(t["data"].get("device") or "") for t in tasks} - {""}):
-                self._ensure_storage(project_id, frames_dir / device)
+                if (frames_dir / device).is_dir():  # frames on this disk (not in a bucket) are served from it
+                    self._ensure_storage(project_id, frames_dir / device)
         answer = self._call(
             "importing tasks",
             self.client.projects.import_tasks,

@@ -293,7 +293,7 @@ class LoopRunner:
     def _task(self, rec: dict) -> dict:
         assert self.labeling is not None
         data = {
-            "image": self.labeling.image_ref(self.frames_dir, rec["image"]),
+            "image": self.labeling.image_ref(self.frames_dir, rec["image"], read=lambda: self.frames.get(rec["image"])),
             "frame": rec["_key"],
             "fleet": rec.get("fleet"),
             "device": rec.get("device_id"),
