@@ -31,6 +31,18 @@ class RagSettings(BaseModel):
     qdrant_path: Path | None = Field(
         None, description="Use qdrant-client's local mode in this folder instead of Qdrant Edge."
     )
+    qdrant_shards: int | None = Field(
+        None,
+        ge=1,
+        description="Shards of a new collection on a Qdrant cluster (spread over its nodes); Qdrant's default "
+        "(1) if unset. Fixed when the collection is made.",
+    )
+    qdrant_replicas: int | None = Field(
+        None,
+        ge=1,
+        description="Copies of each shard on a Qdrant cluster (a node can fail without losing reads); Qdrant's "
+        "default (1) if unset. Fixed when the collection is made.",
+    )
     collection: str = Field(
         "loopline_docs",
         description="Collection name; a collection keeps the embedding model that built it, so another model "

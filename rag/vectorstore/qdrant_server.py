@@ -55,9 +55,12 @@ def _doc_condition(doc_id: str) -> models.FieldCondition:
 class QdrantServerStore(VectorStore):
     """One collection of a Qdrant server (or local-mode folder); the model record is its metadata."""
 
-    def __init__(self, client: QdrantClient, collection: str) -> None:
+    def __init__(
+        self, client: QdrantClient, collection: str, *, shards: int | None = None, replicas: int | None = None
+    ) -> None:
         self.client = client
         self.collection = collection
+        self.shards, self.replicas = shards, replicas  # how a cluster spreads and copies a new collection
         opts = client.init_options
         self._local = opts.get("path") is not None or opts.get("location") == ":memory:"
         self._known = False  # the collection was seen to exist: skip a round trip per call
@@ -76,7 +79,7 @@ class QdrantServerStore(VectorStore):
                         f"{settings.qdrant_path} is in use by another loopline process (a running `loopline serve`?)"
                     ) from exc
                 raise
-        return cls(client, settings.collection)
+        return cls(client, settings.collection, shards=settings.qdrant_shards, replicas=settings.qdrant_replicas)
 
     # --- collection ------------------------------------------------------------------
     def collection_info(self) -> CollectionInfo | None:
@@ -97,6 +100,8 @@ class QdrantServerStore(VectorStore):
             vectors_config={DENSE: models.VectorParams(size=info.dim, distance=models.Distance.COSINE)},
             sparse_vectors_config={SPARSE: models.SparseVectorParams(modifier=models.Modifier.IDF)},
             metadata={"embedding_model": info.embedding_model, "dim": info.dim},
+            shard_number=self.shards,
+            replication_factor=self.replicas,
         )
         self._known = True
         log.info("created collection %s for %s (dim %d)", self.collection, info.embedding_model, info.dim)
