@@ -64,6 +64,7 @@ def code_version(repo: Path | None = None) -> str:
 class ModelRegistry:
     def __init__(self, tracking_uri: str, artifact_root: Path, name: str) -> None:
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # stdout is the CLI's result
         import mlflow
         from mlflow import MlflowClient
 
@@ -76,7 +77,11 @@ class ModelRegistry:
         self._mlflow = mlflow
         self.client = MlflowClient(tracking_uri=tracking_uri)
         exp = self.client.get_experiment_by_name(EXPERIMENT)
-        if exp is None:
+        if exp is None and tracking_uri.startswith(("http://", "https://")):
+            # A tracking server keeps artifacts where it is configured to (`--artifacts-destination`,
+            # e.g. S3) and proxies them: clients write nothing to their own disk.
+            self.experiment_id = self.client.create_experiment(EXPERIMENT)
+        elif exp is None:
             artifact_root.mkdir(parents=True, exist_ok=True)
             self.experiment_id = self.client.create_experiment(
                 EXPERIMENT, artifact_location=artifact_root.resolve().as_uri()
