@@ -223,18 +223,27 @@ def models_figure(versions: Sequence[dict]) -> Figure:
 
 
 # --- data ----------------------------------------------------------------------------------
-def registered_aliases(settings: Settings) -> dict[str, str]:
-    """{alias: version} of the registered detector ({} without MLflow, never creating its database)."""
+def _registry_client(settings: Settings):  # noqa: ANN202
+    """An MLflow client on the configured registry, or None when there is none to read (no tracking
+    URI and no SQLite file: reading never creates an MLflow database) or MLflow is not installed."""
     if not settings.mlflow_tracking_uri and not (settings.home / "mlflow.db").exists():
-        return {}
+        return None
     try:
         from mlflow import MlflowClient
     except ImportError:
-        return {}
+        return None
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri=settings.resolved_mlflow_uri)
+
+
+def registered_aliases(settings: Settings) -> dict[str, str]:
+    """{alias: version} of the registered detector ({} without a registry)."""
+    client = _registry_client(settings)
+    if client is None:
+        return {}
     try:
-        model = MlflowClient(tracking_uri=settings.resolved_mlflow_uri).get_registered_model(settings.registered_model)
+        model = client.get_registered_model(settings.registered_model)
         return {str(k): str(v) for k, v in (model.aliases or {}).items()}
     except Exception as exc:  # noqa: BLE001 - a registry without the model, or unreachable: no aliases to show
         log.debug("registry aliases not read: %s", exc)
@@ -242,22 +251,11 @@ def registered_aliases(settings: Settings) -> dict[str, str]:
 
 
 def registry_versions(settings: Settings) -> list[dict]:
-    """[{version, aliases, metrics}] of the registered detector, oldest first; [] without MLflow.
-
-    Reads the registry only when one exists (a tracking URI is set or the SQLite file is
-    there), so making a report never creates an MLflow database.
-    """
-    uri = settings.resolved_mlflow_uri
-    if not settings.mlflow_tracking_uri and not (settings.home / "mlflow.db").exists():
+    """[{version, aliases, metrics}] of the registered detector, oldest first; [] without a registry."""
+    client = _registry_client(settings)
+    if client is None:
         return []
     try:
-        from mlflow import MlflowClient
-    except ImportError:
-        return []
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
-    logging.getLogger("alembic").setLevel(logging.WARNING)
-    try:
-        client = MlflowClient(tracking_uri=uri)
         found = client.search_model_versions(f"name='{settings.registered_model}'")
         out = [
             {
@@ -268,7 +266,7 @@ def registry_versions(settings: Settings) -> list[dict]:
             for mv in found
         ]
     except Exception as exc:  # noqa: BLE001 - an unreachable or foreign registry must not sink the report
-        log.warning("model registry at %s not read: %s", uri, exc)
+        log.warning("model registry at %s not read: %s", settings.resolved_mlflow_uri, exc)
         return []
     return sorted(out, key=lambda v: int(v["version"]) if v["version"].isdigit() else 0)
 

@@ -17,11 +17,11 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
-import socket
 import tempfile
 from pathlib import Path
 
 import pytest
+from live_server import free_port
 
 from vision.labeling.local_server import DATABASE, LocalLabelStudio, installed_version
 
@@ -40,12 +40,6 @@ def executable() -> str:
             pytest.fail(f"CI=true requires Label Studio; {reason}", pytrace=False)
         pytest.skip(reason)
     return exe
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _complete(folder: Path) -> bool:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -13,18 +12,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_server import free_port
 
 
 @contextmanager
 def mlflow_server(backend_uri: str, artifacts: str, s3_endpoint: str, log: Path) -> Iterator[str]:
     """`mlflow server` on a free loopback port, proxying artifacts to `artifacts` (s3://…); yields its URL."""
     exe = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    port = _free_port()
+    port = free_port()
     env = os.environ | {
         "MLFLOW_S3_ENDPOINT_URL": s3_endpoint,
         "AWS_ACCESS_KEY_ID": "loopline-test",

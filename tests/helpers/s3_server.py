@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from live_server import free_port
 
 
 @contextmanager
@@ -26,7 +20,7 @@ def s3_server() -> Iterator[str]:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true requires moto[server] for the S3 tests: {exc}", pytrace=False)
         pytest.skip(f"moto[server] is not installed: {exc}")
-    port = _free_port()
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     try:

@@ -18,7 +18,7 @@ import hmac
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Body, Depends, Header, HTTPException
@@ -43,7 +43,7 @@ class LabelingApi:
 
     ctx: AppContext
     runner_factory: Any  # () -> LoopRunner with the configured labeling server (None without one)
-    _names: dict[str, tuple[float, list[str]]]
+    _names: dict[str, tuple[float, list[str]]] = field(default_factory=dict)  # fleet → (read at, classes)
     _runner: Any = None
 
     def runner(self):  # noqa: ANN201
@@ -207,6 +207,6 @@ def plugin(ctx: AppContext) -> ApiPlugin:
             labeling = None
         return LoopRunner(ctx, labeling, ModelRegistry.from_settings(ctx.settings))
 
-    ctx.services["labeling"] = LabelingApi(ctx=ctx, runner_factory=runner_factory, _names={})
+    ctx.services["labeling"] = LabelingApi(ctx=ctx, runner_factory=runner_factory)
     loop = PeriodicLoop(ctx, ctx.settings.loop_interval_s)
     return ApiPlugin(name="labeling", router=router, start=loop.start, stop=loop.stop)

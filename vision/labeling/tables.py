@@ -127,13 +127,10 @@ class LabelingRecords:
         self.store = store
 
     # --- tasks -----------------------------------------------------------------------
-    def known_frames(self, *, project_id: int | None = None) -> set[str]:
-        """Frames recorded as tasks (of one project when given)."""
+    def known_frames(self) -> set[str]:
+        """Frames recorded as tasks."""
         with self.store.session() as s:
-            q = select(LabelingTaskRow.frame)
-            if project_id is not None:
-                q = q.where(LabelingTaskRow.project_id == project_id)
-            return set(s.scalars(q))
+            return set(s.scalars(select(LabelingTaskRow.frame)))
 
     def add_task(self, task: dict) -> None:
         """Record a task the server acknowledged. A frame recorded in another project (the labeling

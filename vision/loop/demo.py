@@ -370,11 +370,7 @@ def _demo_label_studio(settings: Settings, demo_home: Path):  # noqa: ANN202
     state = demo_home / "labelstudio" / "server.json"
     previous = json.loads(state.read_text()).get("port") if state.exists() else None
     if port_in_use(port) and port != previous:  # your own `loopline labelstudio up` keeps its port
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_port()
     return LocalLabelStudio(
         demo_home, executable=settings.label_studio_bin, port=previous or port, files_root=demo_home / "frames"
     )
@@ -393,6 +389,14 @@ def _seed_reference(ctx, stream: str, version: str, folder: Path, at: float) -> 
         stream, source=f"training-frames-v{version}", epoch=version, histograms=reference, at=_dt(at)
     )
     ctx.drift.freeze_reference(stream, label=version, since=_dt(at), until=_dt(at), min_n=50)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def _count(values) -> dict[str, int]:  # noqa: ANN001
@@ -428,11 +432,7 @@ class _central:  # noqa: N801 - used as a context manager, like `open`
     """The central service on a free loopback port, in a thread, for the demo's duration."""
 
     def __init__(self, settings: Settings, registry, info, devices, keys) -> None:  # noqa: ANN001
-        import socket
-
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
+        self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.settings = settings.model_copy(
             update={

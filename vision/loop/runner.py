@@ -23,7 +23,8 @@ import logging
 import os
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -109,6 +110,7 @@ class LoopRunner:
         self.frames = ctx.objects.scoped("frames")
         self.frames_dir = self.settings.home / "frames"
         self.on_stage = on_stage or (lambda fleet, what: None)
+        self._records_read: dict[str, dict] = {}
         self.rules = GateRules(
             tolerance=self.settings.loop_gate_tolerance,
             min_gain=self.settings.loop_gate_min_gain,
@@ -129,6 +131,7 @@ class LoopRunner:
                 busy = f"another loop cycle is running on this home ({lock_path}); this one is skipped"
                 log.info(busy)
                 return [FleetReport(fleet=f, waiting=busy) for f in fleets or ["*"]]
+            self._records_read = {}  # each frame record is read once per run, by fleets() or push()
             return self._run_fleets(fleets)
 
     def _run_fleets(self, fleets: Sequence[str] | None) -> list[FleetReport]:
@@ -177,11 +180,11 @@ class LoopRunner:
                     self.ctx.metadata,
                 )
             report.dataset = version.ref
-            trigger, waiting = self._trigger(fleet, tasks, version.record)
+            requests = self.ctx.alerts.open_retraining_requests(drift_stream(fleet))
+            trigger, waiting = self._trigger(fleet, tasks, version.record, requests)
             if trigger is None:
                 report.waiting = waiting
                 return
-            requests = self.ctx.alerts.open_retraining_requests(drift_stream(fleet))
             cycle = self.records.start_cycle(
                 fleet, dataset=version.ref, parent_version=production.version, trigger=trigger
             )
@@ -224,44 +227,44 @@ class LoopRunner:
                 log.warning("pull failed; the annotations stay in Label Studio for the next cycle: %s", exc)
                 report.errors.append(str(exc))
 
-    def _timed(self, report: FleetReport, stage: str):  # noqa: ANN202
-        runner = self
-
-        class _Timer:
-            def __enter__(self) -> None:
-                self.t0 = time.perf_counter()
-                runner.on_stage(report.fleet, stage)
-
-            def __exit__(self, *exc: object) -> None:
-                report.seconds[stage] = round(report.seconds.get(stage, 0.0) + time.perf_counter() - self.t0, 2)
-
-        return _Timer()
+    @contextmanager
+    def _timed(self, report: FleetReport, stage: str) -> Iterator[None]:
+        """Announce a stage and add its duration to the report."""
+        self.on_stage(report.fleet, stage)
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            report.seconds[stage] = round(report.seconds.get(stage, 0.0) + time.perf_counter() - t0, 2)
 
     # --- push and pull ---------------------------------------------------------------
     def _frame_records(self, skip: set[str]) -> list[dict]:
+        """The stored frame records not in `skip` (each read from the store once per run)."""
         out = []
         for key in self.frames.list():
-            if not key.endswith(".json") or key.removesuffix(".json") in skip:
+            frame = key.removesuffix(".json")
+            if not key.endswith(".json") or frame in skip:
                 continue
-            try:
-                rec = json.loads(self.frames.get(key))
-            except (ValueError, OSError) as exc:
-                log.warning("frame record %s unreadable, left out: %s", key, exc)
-                continue
-            rec["_key"] = key.removesuffix(".json")
-            out.append(rec)
+            if frame not in self._records_read:
+                try:
+                    self._records_read[frame] = json.loads(self.frames.get(key)) | {"_key": frame}
+                except (ValueError, OSError) as exc:
+                    log.warning("frame record %s unreadable, left out: %s", key, exc)
+                    continue
+            out.append(self._records_read[frame])
         return out
 
     def push(self, fleet: str, project_id: int) -> int:
         """Send the fleet's new frames as pre-annotated tasks; returns how many were sent."""
         assert self.labeling is not None
-        known = self.records.known_frames(project_id=project_id)
-        elsewhere = {t.frame for t in self.records.tasks(fleet, status=PUSHED) if t.project_id != project_id}
-        new = [
-            r
-            for r in self._frame_records(skip=known | (self.records.known_frames() - elsewhere))
-            if r.get("fleet") == fleet
-        ]
+        # Frames recorded already stay put, but for this fleet's still-waiting frames recorded in another
+        # project (the labeling server's database was replaced): those go to this project.
+        done = {
+            t.frame
+            for t in self.records.tasks()
+            if t.project_id == project_id or not (t.fleet == fleet and t.status == PUSHED)
+        }
+        new = [r for r in self._frame_records(skip=done) if r.get("fleet") == fleet]
         if not new:
             return 0
         existing = self.labeling.existing_frames(project_id)  # tasks made before a crash: record, don't resend
@@ -362,7 +365,7 @@ class LoopRunner:
             self.labeling.ensure_webhook(project_id, url, webhook_secret(self.ctx))
 
     # --- trigger ---------------------------------------------------------------------
-    def _trigger(self, fleet: str, tasks: Sequence, labeled) -> tuple[str | None, str | None]:  # noqa: ANN001
+    def _trigger(self, fleet: str, tasks: Sequence, labeled, requests: Sequence) -> tuple[str | None, str | None]:  # noqa: ANN001
         """(why a retraining starts now, None) or (None, what it waits for)."""
         since = self.records.last_cycle_start(fleet)
         fresh = [t for t in tasks if t.status == LABELED and (since is None or _utc(t.labeled_at) > _utc(since))]
@@ -374,7 +377,6 @@ class LoopRunner:
                 None,
                 f"{holdout} held-out labeled frames, {self.settings.loop_min_holdout} needed to judge a candidate",
             )
-        requests = self.ctx.alerts.open_retraining_requests(drift_stream(fleet))
         if requests:
             return f"retraining requested: {requests[0].reason} ({len(fresh)} new labels)", None
         if len(fresh) >= self.settings.loop_min_new_labels:
