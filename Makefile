@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.14.1 torchvision==0.29.1
-	$(PIP) install -q -e ".[rag,vision,edge,eval,label,s3,dev]"
+	$(PIP) install -q -e ".[rag,vision,edge,eval,label,s3,queue,ray,dev]"
 	$(PIP) uninstall -q -y opencv-python-headless opencv-python
 	$(PIP) install -q --no-deps opencv-python
 	touch $(STAMP)

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
-import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
+from rag.jobs import groups_of, recorded_ingest
 from rag.loaders import SUPPORTED_SUFFIXES
 from rag.models import (
     Answer,
@@ -32,6 +31,7 @@ from rag.models import (
     SyncFinished,
     SyncStarted,
     UploadOut,
+    run_out,
 )
 from rag.service import AccessDenied, RagService, UploadConflict
 from rag.vectorstore import EmbeddingMismatch
@@ -48,6 +48,9 @@ from shared.dependencies import (
 )
 from shared.ingestion import Cancelled, RunSummary, source_name
 from shared.ingestion.roots import PathRefused, check_ingest_path, parse_roots
+from shared.jobs.api import JobOut, submit_job
+from shared.jobs.records import FAILED, SUCCEEDED, Job
+from shared.jobs.service import JobConflict
 from shared.metadata.store import DocumentInfo
 from shared.monitoring.freshness import VisibleSource, visible_source_freshness
 from shared.monitoring.monitoring_config import load_monitoring_config
@@ -70,49 +73,20 @@ def _doc_out(d: DocumentInfo) -> DocumentOut:
     )
 
 
-def _run_out(r: RunSummary) -> RunOut:
-    return RunOut(
-        run_id=r.run_id,
-        source=r.source,
-        status=r.status,
-        seconds=round(r.seconds, 3),
-        dead_letters=r.dead_letters,
-        error=r.error,
-        **r.counts(),
-    )
-
-
-def _groups(raw: str | None) -> list[str]:
-    groups = sorted({g.strip() for g in (raw or "").split(",") if g.strip()})
-    return groups or ["public"]
-
-
 @dataclass
 class RagApi:
-    """What the Q&A routes depend on: the service, the root, one sync at a time."""
+    """What the Q&A routes depend on: the service and the root."""
 
     service: RagService
     ctx: AppContext
     warmup: Warmup | None = None
-    sync_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def recorded_ingest(self, kind: str, ingest: Callable[[], T], run_of: Callable[[T], RunSummary] = lambda r: r) -> T:
-        """Run an ingest and count it in the metrics (a run that raises counts as failed)."""
-        metrics = self.ctx.metrics
-        t0 = time.perf_counter()
+        """Run an ingest here and now (uploads), counted in the metrics; a shutdown's interruption is a 503."""
         try:
-            result = ingest()
+            return recorded_ingest(self.ctx, kind, ingest, run_of)
         except Cancelled as exc:
-            metrics.record_ingest(kind, "interrupted", {}, time.perf_counter() - t0)
             raise HTTPException(503, detail=f"ingest interrupted: {exc}") from exc
-        except UploadConflict:
-            raise
-        except Exception:
-            metrics.record_ingest(kind, "failed", {}, time.perf_counter() - t0)
-            raise
-        run = run_of(result)
-        metrics.record_ingest(kind, run.status, run.counts(), run.seconds)
-        return result
 
     def effective(self, req: QueryRequest, who: Principal) -> Principal:
         """Who the answer is for: the caller, or (admins only) the user named in `as_user`."""
@@ -323,7 +297,7 @@ def upload(
     try:
         doc, run = api.recorded_ingest(
             "upload",
-            lambda: api.service.ingest_upload(name, data, _groups(groups), replace=replace),
+            lambda: api.service.ingest_upload(name, data, groups_of(groups), replace=replace),
             run_of=lambda r: r[1],
         )
     except UploadConflict as exc:
@@ -332,74 +306,91 @@ def upload(
         reason = run.dead_letters[0]["reason"] if run.dead_letters else run.error
         raise HTTPException(422, detail=f"{name}: {reason}")
     log.info("user %s uploaded %s as %s", who.name, name, doc.path)
-    return UploadOut(document=_doc_out(doc), run=_run_out(run))
+    return UploadOut(document=_doc_out(doc), run=run_out(run))
+
+
+def finished_run(ctx: AppContext, job: Job) -> RunOut:
+    """Wait for an ingest job and answer with its run: 503 if a shutdown gave it back, 500 if it failed."""
+    done = ctx.jobs.wait(job.id)
+    if done.state == SUCCEEDED and done.result:
+        return RunOut(**done.result["run"])
+    if done.state == FAILED:
+        raise HTTPException(500, detail=f"the ingest failed (job {job.id}): {done.error}")
+    raise HTTPException(
+        503, detail=f"ingest interrupted; job {job.id} runs again at the next start: {done.error or ''}"
+    )
 
 
 @router.post(
     "/sync",
     status_code=202,
     response_model=SyncStarted | SyncFinished,
-    summary="Re-sync the configured folder source (admins).",
+    summary="Re-sync the configured folder source (admins): a job, or its run with `wait=true`.",
     responses=ADMIN_ONLY
     | INTERRUPTED
-    | error(409, "No sync folder is configured or it is missing, or a sync is already running."),
+    | error(409, "No sync folder is configured or it is missing, or a sync is already queued or running."),
 )
 def sync(
-    wait: bool = False, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)
+    wait: bool = Query(False, description="Answer when the sync ended, with its run."),
+    who: Principal = Depends(require_admin),
+    api: RagApi = Depends(rag_api),
 ) -> SyncStarted | SyncFinished:
     folder = api.service.settings.sync_folder
     if folder is None:
         raise HTTPException(409, detail="no folder source configured: set LOOPLINE_SYNC_FOLDER")
     if not Path(folder).is_dir():
         raise HTTPException(409, detail=f"the sync folder {folder} does not exist or is not a folder")
-    if not api.sync_lock.acquire(blocking=False):
-        raise HTTPException(409, detail="a sync is already running")
-    groups = _groups(api.service.settings.sync_groups)
-
-    def run() -> RunSummary:
-        try:
-            return api.recorded_ingest("sync", lambda: api.service.ingest(folder, groups, kind="sync"))
-        finally:
-            api.sync_lock.release()
-
-    def run_in_background() -> None:
-        try:
-            run()
-        except HTTPException as exc:  # interrupted by a shutdown: recorded as such
-            log.warning("sync of %s: %s", folder, exc.detail)
-        except Exception:
-            log.exception("sync of %s failed", folder)
-
+    try:
+        job = api.ctx.jobs.submit("rag.sync", {}, who)
+    except JobConflict as exc:
+        raise HTTPException(409, detail=f"a sync is already {exc.job.state} (job {exc.job.id})") from exc
+    log.info("user %s started a sync of %s (job %s)", who.name, folder, job.id)
     if wait:
-        return SyncFinished(status="finished", run=_run_out(run()))
-    threading.Thread(target=run_in_background, name="loopline-sync", daemon=True).start()
-    log.info("user %s started a sync of %s", who.name, folder)
-    return SyncStarted(status="started", folder=str(folder))
+        return SyncFinished(status="finished", run=finished_run(api.ctx, job))
+    return SyncStarted(status="started", folder=str(folder), job_id=job.id)
 
 
 @router.post(
     "/admin/ingest",
-    response_model=RunOut,
+    status_code=202,
+    response_model=None,
     summary="Ingest a path on the server (admins: under LOOPLINE_INGEST_ROOTS; the local CLI: anything it can read).",
-    responses=ADMIN_ONLY
+    description="Answers 202 with the job at once (`GET /v1/jobs/{job_id}` follows it), or with `wait=true` "
+    "200 and the run once it ended.",
+    responses={
+        200: {"model": RunOut, "description": "The finished run (`wait=true`)."},
+        202: {"model": JobOut, "description": "The ingest's job, queued."},
+    }
+    | ADMIN_ONLY
     | WITH_BODY
     | INTERRUPTED
     | error(403, "The caller is not an admin, or the path is not under LOOPLINE_INGEST_ROOTS.")
-    | error(404, "No such file or folder on the server."),
+    | error(404, "No such file or folder on the server.")
+    | error(500, "The ingest failed (`wait=true`): `detail` has the job's error."),
 )
-def ingest_path(req: IngestPathIn, who: Principal = Depends(require_admin), api: RagApi = Depends(rag_api)) -> RunOut:
+def ingest_path(
+    req: IngestPathIn,
+    response: Response,
+    wait: bool = Query(False, description="Answer when the ingest ended, with its run."),
+    who: Principal = Depends(require_admin),
+    api: RagApi = Depends(rag_api),
+) -> JobOut | RunOut:
     path = Path(req.path)
     if not who.local:  # a network caller: only under the configured roots, never the service's own home
         try:
             path = check_ingest_path(
-                req.path, parse_roots(api.service.settings.ingest_roots), protected=[api.service.settings.home]
+                req.path, parse_roots(api.ctx.settings.ingest_roots), protected=[api.ctx.settings.home]
             )
         except PathRefused as exc:
             log.warning("user %s was refused ingesting %s: %s", who.name, req.path, exc)
             raise HTTPException(403, detail=str(exc)) from exc
     if not path.exists():
         raise HTTPException(404, detail=f"{req.path}: no such file or folder on the server")
-    return _run_out(api.recorded_ingest("ingest", lambda: api.service.ingest(path, req.groups)))
+    job = submit_job(api.ctx, "rag.ingest", {"path": str(path), "groups": req.groups}, who)
+    if wait:
+        response.status_code = 200
+        return finished_run(api.ctx, job)
+    return JobOut.of(job)
 
 
 @router.get(
@@ -477,4 +468,4 @@ def _service_with_drift(ctx: AppContext) -> RagService:
     label = drift_reference_label(ctx.settings)
     if ctx.drift.reference_label(DRIFT_STREAM) != label:  # first start, or another model: its answers become the normal
         ctx.drift.request_reference(DRIFT_STREAM, label=label)
-    return RagService(ctx.settings, metadata=ctx.metadata, drift=BufferedRecorder(ctx.drift))
+    return RagService(ctx.settings, metadata=ctx.metadata, drift=BufferedRecorder(ctx.drift), objects=ctx.objects)

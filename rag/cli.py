@@ -22,8 +22,12 @@ import click
 from shared.config import Settings
 
 if TYPE_CHECKING:
+    from rag.ray_ingest import RayOptions
     from rag.service import RagService
     from shared.ingestion import RunSummary
+    from shared.ingestion.pipeline import ProgressCallback
+
+LOCAL_RAY = "local"  # `--ray` given without an address
 
 
 def _split_groups(raw: str | None) -> list[str]:
@@ -55,7 +59,7 @@ class _Remote:
         return resp.json()
 
     def ingest(self, path: Path, groups: list[str]) -> dict:
-        return self._post("/v1/admin/ingest", {"path": str(path.resolve()), "groups": groups})
+        return self._post("/v1/admin/ingest?wait=true", {"path": str(path.resolve()), "groups": groups})
 
     def ask(self, question: str, user: str | None, top_k: int | None) -> dict:
         return self._post("/v1/query", {"question": question, "as_user": user, "top_k": top_k})
@@ -134,7 +138,26 @@ def _progress_wanted(flag: bool | None, as_json: bool) -> bool:
     default=None,
     help="Show a progress bar on stderr (default: when stderr is a terminal and --json is not given).",
 )
-def ingest(path: Path, groups: str, as_json: bool, progress: bool | None) -> None:
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=LOCAL_RAY,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Load, chunk and embed on Ray (pip install 'loopline[ray]'): alone, on a local Ray started for the run; "
+    "with auto, HOST:PORT or ray://HOST:10001, on that cluster.",
+)
+@click.option(
+    "--ray-actors",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="With --ray: embedding actors, each holding one model and claiming one CPU.",
+)
+def ingest(
+    path: Path, groups: str, as_json: bool, progress: bool | None, ray_address: str | None, ray_actors: int
+) -> None:
     """Ingest a file or (re-)sync a folder tree into the index.
 
     Unchanged documents are skipped, changed ones replaced, files removed from the folder
@@ -143,13 +166,16 @@ def ingest(path: Path, groups: str, as_json: bool, progress: bool | None) -> Non
     settings = Settings()
     group_list = _split_groups(groups)
     show = _progress_wanted(progress, as_json)
+    ray = _ray_options(ray_address, ray_actors) if ray_address else None
     with open_backend(settings) as (kind, backend):
         if kind == "remote":
+            if ray is not None:
+                raise click.ClickException("a running service owns the stores: stop it to ingest with --ray here")
             if show:
                 click.echo("the service runs the ingest; its summary follows when the run ends", err=True)
             summary = backend.ingest(path, group_list)  # type: ignore[attr-defined]
         else:
-            run = _ingest_here(backend, path, group_list, show)
+            run = _ingest_here(backend, path, group_list, show, ray)
             summary = {
                 "run_id": run.run_id,
                 "source": run.source,
@@ -170,16 +196,43 @@ def ingest(path: Path, groups: str, as_json: bool, progress: bool | None) -> Non
         click.echo(f"  dead letter: {dl['path']}: {dl['reason']}")
 
 
-def _ingest_here(service: RagService, path: Path, groups: list[str], show: bool) -> RunSummary:
-    """Run the ingest in this process, with a progress bar when `show`."""
+def _ray_options(address: str, actors: int) -> RayOptions:
+    """What `--ray [ADDRESS]` asks for, checked before any work: the address's form, and Ray installed."""
+    from rag.ray_ingest import RayOptions, RayUnavailable, check_address, import_ray
+
+    try:
+        options = RayOptions(address=None if address == LOCAL_RAY else check_address(address), actors=actors)
+        import_ray()
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--ray") from exc
+    except RayUnavailable as exc:
+        raise click.ClickException(str(exc)) from exc
+    return options
+
+
+def _ingest_here(
+    service: RagService, path: Path, groups: list[str], show: bool, ray: RayOptions | None = None
+) -> RunSummary:
+    """Run the ingest in this process (its parsing and embedding on Ray with `ray`), with a progress bar when `show`."""
+
+    def run(progress: ProgressCallback | None) -> RunSummary:
+        if ray is None:
+            return service.ingest(path, groups, progress=progress)
+        from rag.ray_ingest import RayUnavailable, ingest_with_ray
+
+        try:
+            return ingest_with_ray(service, path, groups, options=ray, progress=progress)
+        except RayUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+
     if not show:
-        return service.ingest(path, groups)
+        return run(None)
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     bar = _IngestBar(f"ingest {path.resolve().name or path}")
     try:
         with logging_redirect_tqdm():  # dead-letter warnings print above the bar, not through it
-            return service.ingest(path, groups, progress=bar)
+            return run(bar)
     finally:
         bar.close()
 

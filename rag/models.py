@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, BeforeValidator, Field, StringConstraints
 
+from shared.ingestion import RunSummary
 from shared.monitoring.freshness import UtcDateTime
 
 
@@ -85,6 +86,19 @@ class RunOut(BaseModel):
     error: str | None = None
 
 
+def run_out(r: RunSummary) -> RunOut:
+    """A finished run as the API and the jobs report it."""
+    return RunOut(
+        run_id=r.run_id,
+        source=r.source,
+        status=r.status,
+        seconds=round(r.seconds, 3),
+        dead_letters=r.dead_letters,
+        error=r.error,
+        **r.counts(),
+    )
+
+
 class RunRecordOut(BaseModel):
     """A run as `GET /v1/runs` lists it."""
 
@@ -110,6 +124,7 @@ class UploadOut(BaseModel):
 class SyncStarted(BaseModel):
     status: Literal["started"]
     folder: str = Field(description="The folder being synced in the background.")
+    job_id: str = Field(description="The sync's job: `GET /v1/jobs/{job_id}` follows it.")
 
 
 class SyncFinished(BaseModel):

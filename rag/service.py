@@ -41,6 +41,7 @@ from shared.ingestion.pipeline import ProgressCallback
 from shared.ingestion.worker import ParseWorker
 from shared.metadata import MetadataStore
 from shared.metadata.store import DocumentInfo
+from shared.objectstore import ObjectStore
 
 if TYPE_CHECKING:
     from shared.monitoring.drift import BufferedRecorder, DriftMonitor
@@ -65,6 +66,14 @@ class UploadConflict(Exception):
             f"an upload of this name already exists as document {existing.id}, readable by "
             f"{', '.join(existing.groups)}; send replace=true to replace it with one readable by {', '.join(groups)}"
         )
+
+
+UPLOADS = "uploads"  # the uploads' folder under the home, and their prefix in the object store
+
+
+def upload_object_key(folder: str, name: str) -> str:
+    """`folder/name` of an upload as an object key (a sanitized name may start with '-', which keys may not)."""
+    return f"{folder}/{name if name[:1].isalnum() else 'u' + name}"
 
 
 def sanitize_filename(name: str) -> str:
@@ -98,6 +107,7 @@ class RagService:
         embedder_factory: Callable[[], Embedder] | None = None,
         generator: Generator | None = None,
         drift: DriftMonitor | BufferedRecorder | None = None,
+        objects: ObjectStore | None = None,
     ) -> None:
         self.settings = settings
         settings.ensure_home()
@@ -108,6 +118,8 @@ class RagService:
         self._embedder_factory = embedder_factory or (lambda: make_embedder(settings))
         self.generator = generator or make_generator(settings)
         self.drift = drift  # optional: watches query length, top-1 score, abstentions, citations, ratings
+        # Uploaded originals, kept where the deployment keeps its objects (a bucket when scaled out).
+        self.upload_objects = objects.scoped(UPLOADS) if objects is not None else None
         self.sparse = Bm25Encoder() if settings.hybrid else None
         self._query_embedder: Embedder | None = None
         self._pipeline: IngestPipeline | None = None
@@ -213,14 +225,14 @@ class RagService:
     def ingest_upload(
         self, filename: str, data: bytes, groups: Sequence[str], *, replace: bool = False
     ) -> tuple[DocumentInfo | None, RunSummary]:
-        """Store an uploaded file under home/uploads, then ingest it.
+        """Store an uploaded file under home/uploads (and its original in the object store), then ingest it.
 
         The file lands in a folder named after a hash of the name exactly as sent, so names
         that sanitize alike ("hr/salary.md", "sales/salary.md", "a b.md", "a_b.md") never
         meet. The same name again is a new version of that document, unless the groups
         differ: then it raises UploadConflict unless `replace` asks for the replacement.
         """
-        uploads = self.settings.home / "uploads"
+        uploads = self.settings.home / UPLOADS
         key = hashlib.sha256(filename.encode("utf-8", "surrogatepass")).hexdigest()[:12]
         folder = uploads / key
         name = sanitize_filename(filename)
@@ -234,6 +246,8 @@ class RagService:
             tmp = folder / f".{name}.part"
             tmp.write_bytes(data)
             tmp.replace(target)
+            if self.upload_objects is not None:
+                self.upload_objects.put(upload_object_key(key, name), data)
             item = file_item(uploads, target)
             run = self.pipeline.ingest_items(item.source, [item], groups, complete=False, kind="upload")
             return self.metadata.find_document(item.source, item.path), run
@@ -257,6 +271,9 @@ class RagService:
         with self._ingest_lock:
             self.store.delete_document(doc_id)
             self.metadata.delete_document(doc_id)
+            if self.upload_objects is not None and doc.source == folder_source(self.settings.home / UPLOADS):
+                key, _, name = doc.path.partition("/")
+                self.upload_objects.delete(upload_object_key(key, name))
         log.info("user %s deleted document %s (%s)", who.name, doc_id, doc.path)
         return True
 

@@ -116,10 +116,5 @@ class RagSettings(BaseModel):
 
     # Uploads and server folders
     upload_max_bytes: int = Field(20_000_000, description="Largest document upload (413 above it).")
-    ingest_roots: str = Field(
-        "",
-        description="Comma-separated folders under which API callers may ingest server paths "
-        "(`POST /v1/admin/ingest`); none if empty. The local CLI hand-off is not limited.",
-    )
     sync_folder: Path | None = Field(None, description="Folder that `POST /v1/sync` re-syncs (409 if unset).")
     sync_groups: str = Field("public", description="Comma-separated groups of the synced folder.")

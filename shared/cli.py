@@ -53,6 +53,7 @@ EXTRAS = {
     "loop": "label",
     "demo": "label",
     "labeling": "vision",  # the webhook route and the periodic loop (MLflow for the classes)
+    "worker": "queue",  # Celery, for jobs on a broker
 }
 
 

@@ -36,6 +36,7 @@ class CoreSettings(BaseSettings):
         "api_keys_file": "API",
         "max_file_bytes": "Ingestion",
         "monitoring_file": "Monitoring",
+        "queue_url": "Jobs",
     }
 
     # Storage
@@ -77,6 +78,11 @@ class CoreSettings(BaseSettings):
 
     # Ingestion (the core's limit; the documents vertical adds its own)
     max_file_bytes: int = Field(20_000_000, description="Larger files are dead-lettered.")
+    ingest_roots: str = Field(
+        "",
+        description="Comma-separated folders under which API callers may name server paths (`POST /v1/admin/ingest`, "
+        "jobs such as training data); none if empty. The local CLI hand-off is not limited.",
+    )
 
     # Monitoring (alerts, freshness SLOs, run checks)
     monitoring_file: Path | None = Field(
@@ -87,6 +93,31 @@ class CoreSettings(BaseSettings):
     alert_webhooks: str = Field("", description="Comma-separated URLs every alert is POSTed to (added to the file's).")
     monitor_interval_s: float = Field(
         300.0, ge=0, description="`loopline serve` runs the monitoring checks this often; 0 turns that off."
+    )
+
+    # Jobs (ingest, sync, training, export, evaluation, loop cycles)
+    queue_url: str | None = Field(
+        None,
+        description="Celery broker that carries jobs to `loopline worker` processes, e.g. "
+        "`amqp://guest:guest@rabbitmq:5672//` or `redis://redis:6379/0`; jobs run inside the API process if unset.",
+    )
+    queue_namespace: str = Field(
+        "loopline",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="Prefix of the broker's queue names (`NAMESPACE.default`, `NAMESPACE.train`): deployments "
+        "sharing one broker keep their jobs apart.",
+    )
+    job_lease_s: float = Field(
+        60.0,
+        gt=0,
+        description="A running job's worker renews its claim every third of this; a claim older than this is a "
+        "lost worker's, and the job runs again.",
+    )
+    job_max_attempts: int = Field(
+        3, ge=1, description="Tries of a job whose workers are lost mid-run before it fails with that reason."
+    )
+    jobs_in_process: int = Field(
+        1, ge=1, description="Jobs the API process runs at once when no LOOPLINE_QUEUE_URL is set."
     )
 
     @property

@@ -1,9 +1,10 @@
 """The composition root: what one loopline process builds once and hands to every plugin.
 
 One settings object, one metadata store (one engine, one session factory), one drift
-monitor, one alert store, one object store, the key and device registries and the metrics
-of the app. Plugins and CLI commands receive these; nothing opens its own engine. What
-this module does not do: know a vertical (plugins add their own services to `services`).
+monitor, one alert store, one object store, the key and device registries, the metrics
+of the app and its jobs (records plus the queue that carries them). Plugins and CLI
+commands receive these; nothing opens its own engine. What this module does not do: know a
+vertical (plugins add their own services to `services`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from fastapi import APIRouter
 
 from shared.auth import DeviceRegistry, KeyRegistry
 from shared.config import Settings
+from shared.jobs.service import Jobs
 from shared.metadata.store import MetadataStore
 from shared.metrics import ServiceMetrics
 from shared.monitoring.alert_store import AlertStore
@@ -119,6 +121,7 @@ class AppContext:
     alerts: AlertStore
     objects: ObjectStore
     metrics: ServiceMetrics
+    jobs: Jobs = None  # type: ignore[assignment]  # built by `build` (it runs jobs with this context)
     local_token: str | None = None
     plugins: list[ApiPlugin] = field(default_factory=list)
     services: dict[str, Any] = field(default_factory=dict)  # what each plugin's routes depend on, by plugin name
@@ -153,15 +156,18 @@ class AppContext:
             _owns_metadata=metadata is None,
         )
         ctx.metrics = ServiceMetrics.for_context(ctx, enabled=metrics)
+        ctx.jobs = Jobs.for_context(ctx)
         return ctx
 
     def start(self) -> None:
-        """The app starts serving: plugins begin their background work."""
+        """The app starts serving: plugins begin their background work; waiting jobs are sent on."""
         for plugin in self.plugins:
             plugin.start()
+        self.jobs.start()
 
     def stop(self) -> None:
-        """The service is shutting down: every plugin abandons its long work now."""
+        """The service is shutting down: every plugin abandons its long work now (running jobs are given back)."""
+        self.jobs.runner_stop()
         for plugin in self.plugins:
             try:
                 plugin.stop()
@@ -170,6 +176,7 @@ class AppContext:
 
     def close(self) -> None:
         self.stop()
+        self.jobs.stop()
         for plugin in self.plugins:
             try:
                 plugin.close()

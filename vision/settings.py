@@ -96,6 +96,11 @@ class VisionSettings(BaseModel):
         description="The `label-studio` executable of the local server; unset: the checkout's "
         "`.venv-labelstudio/bin/label-studio` (made by `make`) if present, else `label-studio` on PATH.",
     )
+    label_studio_database_url: str | None = Field(
+        None,
+        description="PostgreSQL database of the local Label Studio (`postgresql://user:password@host:5432/name`; "
+        "the database must exist, the first start migrates it); unset: SQLite under home/labelstudio/data.",
+    )
 
     @property
     def resolved_mlflow_uri(self) -> str:

@@ -1,4 +1,4 @@
-"""`python -m evaluation.benchmarks`: one group over the four benchmarks (each also runs alone)."""
+"""`python -m evaluation.benchmarks`: one group over the benchmarks (each also runs alone)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import click
 
 from evaluation.benchmarks.edge_size import edge_size
 from evaluation.benchmarks.metrics_overhead import metrics_overhead
+from evaluation.benchmarks.queue_throughput import queue_throughput
 from evaluation.benchmarks.rag.cli import bench_rag
 from evaluation.benchmarks.vision.cli import bench_vision
 
@@ -19,6 +20,7 @@ benchmarks.add_command(bench_rag, "rag")
 benchmarks.add_command(bench_vision, "vision")
 benchmarks.add_command(edge_size, "edge-size")
 benchmarks.add_command(metrics_overhead, "metrics-overhead")
+benchmarks.add_command(queue_throughput, "queue")
 
 if __name__ == "__main__":
     benchmarks(prog_name="python -m evaluation.benchmarks")

@@ -50,6 +50,7 @@ SHARED_TABLE_MODULES = (
     "shared.metadata.tables",
     "shared.monitoring.alert_store",
     "shared.monitoring.drift_store",
+    "shared.jobs.records",
 )
 TABLES_GROUP = "loopline.tables"
 

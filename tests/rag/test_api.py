@@ -143,7 +143,7 @@ PROTECTED = [
     ("delete", f"/v1/documents/{uuid.uuid4()}", {}),
     ("post", "/v1/documents", {"files": {"file": ("a.md", b"# A\n\nSome text here.", "text/markdown")}}),
     ("post", "/v1/sync?wait=true", {}),
-    ("post", "/v1/admin/ingest", {"json": {"path": "/"}}),
+    ("post", "/v1/admin/ingest?wait=true", {"json": {"path": "/"}}),
     ("get", "/v1/runs", {}),
     ("post", "/v1/feedback", {"json": {"question": "q", "rating": 1}}),
 ]

@@ -48,7 +48,7 @@ class Api:
         body: dict = {"path": str(path)}
         if groups is not None:
             body["groups"] = groups
-        return self.client.post("/v1/admin/ingest", json=body, headers=hdr(user))
+        return self.client.post("/v1/admin/ingest?wait=true", json=body, headers=hdr(user))
 
     def upload(self, name: str, text: str, groups: str, **form: str):  # noqa: ANN201
         return self.client.post(
@@ -148,7 +148,9 @@ def test_the_service_home_inside_a_root_is_refused(embedder, tmp_path: Path) -> 
         )
         assert up.status_code == 201
         for path in (tmp_path / "srv", tmp_path / "srv" / "home", tmp_path / "srv" / "home" / "uploads"):
-            r = client.post("/v1/admin/ingest", json={"path": str(path), "groups": ["public"]}, headers=hdr("root"))
+            r = client.post(
+                "/v1/admin/ingest?wait=true", json={"path": str(path), "groups": ["public"]}, headers=hdr("root")
+            )
             assert r.status_code == 403, (path, r.text)
         assert [d.groups for d in svc.metadata.list_documents()] == [("hr",)]
     finally:

@@ -88,7 +88,7 @@ def test_health_and_queries_answer_while_a_heavy_file_is_parsed(make_service, tm
             with httpx.Client(base_url=url, timeout=120) as other:
                 result.append(
                     other.post(
-                        "/v1/admin/ingest",
+                        "/v1/admin/ingest?wait=true",
                         json={"path": str(heavy), "groups": ["public"]},
                         headers={"X-API-Key": "tok-0123456789"},
                     )

@@ -97,7 +97,9 @@ def test_ingests_through_the_api_are_counted_by_kind_status_and_outcome(api) -> 
     (folder / "vacation.md").write_text(DOCS["vacation.md"].replace("27", "30"))
     (folder / "laptops.md").unlink()
     assert (
-        client.post("/v1/admin/ingest", headers=ADMIN, json={"path": str(folder), "groups": ["public"]}).status_code
+        client.post(
+            "/v1/admin/ingest?wait=true", headers=ADMIN, json={"path": str(folder), "groups": ["public"]}
+        ).status_code
         == 200
     )
     run = last_run(client)

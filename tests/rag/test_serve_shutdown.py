@@ -99,7 +99,7 @@ def test_sigterm_stops_serve_during_an_ingest_and_records_it_interrupted(tmp_pat
             try:
                 answers.append(
                     httpx.post(
-                        f"{url}/v1/admin/ingest",
+                        f"{url}/v1/admin/ingest?wait=true",
                         json={"path": str(folder), "groups": ["public"]},
                         headers={"X-API-Key": token},
                         timeout=300,

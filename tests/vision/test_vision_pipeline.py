@@ -148,3 +148,47 @@ def test_training_with_a_relative_home_keeps_everything_under_it(
     assert weights.exists()
     assert weights.is_relative_to((tmp_path / ".loopline").resolve())
     assert (tmp_path / ".loopline" / "runs").is_dir()
+
+
+def test_training_and_evaluation_run_as_jobs_through_the_api(trained, env, data) -> None:
+    """The same work as the commands, submitted to the API: it answers at once and the job record follows."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    import shared.jobs.api
+    from shared.auth import KeyRegistry, UserEntry
+    from shared.config import Settings
+    from shared.server import create_app
+
+    admin = {"X-API-Key": "test-key-root-0123456789"}
+    settings = Settings(home=Path(env["LOOPLINE_HOME"]), train_threads=2, ingest_roots=str(data.parent))
+    keys = KeyRegistry([UserEntry(name="root", key=admin["X-API-Key"], groups=[], admin=True)])
+
+    def finished(client: TestClient, job: dict) -> dict:
+        deadline = time.monotonic() + 300
+        while job["state"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+            time.sleep(0.2)
+            job = client.get(f"/v1/jobs/{job['job_id']}", headers=admin).json()
+        return job
+
+    with TestClient(create_app(settings, plugins=[shared.jobs.api.plugin], keys=keys)) as client:
+        evaluation = client.post(
+            "/v1/jobs", headers=admin, json={"kind": "vision.eval", "params": {"model": "1", "data": str(data)}}
+        )
+        training = client.post(
+            "/v1/jobs",
+            headers=admin,
+            json={"kind": "vision.train", "params": {"data": str(data), "epochs": 1, "imgsz": 64, "batch": 8}},
+        )
+        assert evaluation.status_code == training.status_code == 202
+        assert training.json()["queue"] == "train" and evaluation.json()["queue"] == "default"
+        evaluated, trained_job = finished(client, evaluation.json()), finished(client, training.json())
+
+    by_command = json.loads(run(env, "vision", "eval", "1", "--data", str(data), "--json"))
+    assert evaluated["state"] == "succeeded", evaluated
+    assert evaluated["result"]["mAP50"] == by_command["mAP50"]
+    assert trained_job["state"] == "succeeded", trained_job
+    assert trained_job["progress"] == {**trained_job["progress"], "done": 1, "total": 1, "unit": "epochs"}
+    models = {m["version"] for m in json.loads(run(env, "vision", "models", "--json"))}
+    assert str(trained_job["result"]["version"]) in models

@@ -153,7 +153,12 @@ def _task_ids(payload: dict[str, Any]) -> list[int]:
 
 
 class PeriodicLoop:
-    """Runs `run_once` every `interval` seconds in a thread, while a labeling server is configured."""
+    """Every `interval` seconds, while a labeling server is configured, submits a `loop.cycle` job.
+
+    As a job the cycle runs where jobs run (in this process by default, on a trainer with a
+    queue) and at most one at a time across API replicas (the kind is exclusive): a timer
+    that fires while the last cycle still runs is skipped.
+    """
 
     def __init__(self, ctx: AppContext, interval: float) -> None:
         self.ctx = ctx
@@ -168,23 +173,24 @@ class PeriodicLoop:
         self._thread.start()
 
     def _run(self) -> None:
+        from shared.auth import Principal
+        from shared.jobs.service import JobConflict
         from vision.labeling.client import labeling_from_settings
-        from vision.loop.runner import LoopRunner
-        from vision.registry import ModelRegistry
 
+        timer = Principal(name="loop-timer", admin=True, local=True)
         while not self._stop.wait(self.interval):
             try:
-                labeling = labeling_from_settings(self.ctx.settings)
-                if labeling is None:
+                if labeling_from_settings(self.ctx.settings) is None:
                     log.debug("no Label Studio configured or running: loop cycle skipped")
                     continue
-                runner = LoopRunner(self.ctx, labeling, ModelRegistry.from_settings(self.ctx.settings))
-                for report in runner.run_once():
-                    log.info("loop cycle, fleet %s: %s", report.fleet, report.to_json())
+                job = self.ctx.jobs.submit("loop.cycle", {}, timer)
+                log.info("loop cycle submitted as job %s", job.id)
+            except JobConflict as exc:
+                log.info("loop cycle skipped: %s", exc)
             except ImportError as exc:
                 log.error("the periodic loop needs label-studio-sdk: pip install 'loopline[label]' (%s)", exc)
             except Exception:  # the thread outlives any one bad cycle
-                log.exception("loop cycle failed; the next one retries")
+                log.exception("submitting a loop cycle failed; the next tick retries")
 
     def stop(self) -> None:
         self._stop.set()

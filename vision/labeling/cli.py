@@ -3,7 +3,8 @@
 Stdout carries the result only (`--json`: one object with at least url, running, pid and
 port); progress of a start goes to stderr. No output ever carries the API token or the
 password: they stay in LOOPLINE_HOME/labelstudio/credentials.json, where
-`vision.labeling.local_server.connection` reads them. The server itself is
+`vision.labeling.local_server.connection` reads them; `database` shows a PostgreSQL database
+(LOOPLINE_LABEL_STUDIO_DATABASE_URL) without its password. The server itself is
 `vision.labeling.local_server.LocalLabelStudio`; this module only parses and prints.
 """
 
@@ -22,12 +23,16 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print one JS
 
 
 def _local(settings: Settings, port: int | None = None) -> LocalLabelStudio:
-    return LocalLabelStudio(
-        settings.home,
-        executable=settings.label_studio_bin,
-        port=port or settings.label_studio_port,
-        files_root=settings.home / "frames",
-    )
+    try:
+        return LocalLabelStudio(
+            settings.home,
+            executable=settings.label_studio_bin,
+            port=port or settings.label_studio_port,
+            files_root=settings.home / "frames",
+            database_url=settings.label_studio_database_url,
+        )
+    except LabelStudioError as exc:  # a malformed LOOPLINE_LABEL_STUDIO_DATABASE_URL
+        raise click.ClickException(str(exc)) from exc
 
 
 def _refuse_remote(settings: Settings, what: str) -> None:
@@ -50,6 +55,8 @@ def _describe(st: dict[str, Any]) -> str:
     where = f"pid {st['pid']}, " if st.get("pid") else ""
     projects = f"{st['projects']} project(s)" if st.get("projects") is not None else "projects unknown"
     lines = [f"Label Studio runs at {st['url']} ({where}{projects})."]
+    if st.get("database"):
+        lines.append(f"Database: {st['database']}.")
     if st.get("managed"):
         lines.append(f"Log in as {st['username']}; the password is in {st['credentials_file']}.")
         lines.append(f"Log: {st['log_file']}. Stop it with: loopline labelstudio down")
@@ -86,6 +93,8 @@ def up(port: int | None, timeout: float, progress: bool | None, as_json: bool) -
     otherwise move to another port on its own). The first start creates the account
     `loopline@localhost` with a generated password and API token, kept in
     LOOPLINE_HOME/labelstudio/credentials.json (readable by you only); later starts reuse them.
+    Its projects live in SQLite under LOOPLINE_HOME/labelstudio/data, or in the PostgreSQL database
+    LOOPLINE_LABEL_STUDIO_DATABASE_URL names (which must exist; the first start migrates it).
     """
     settings = Settings()
     _refuse_remote(settings, "start")

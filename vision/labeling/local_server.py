@@ -4,10 +4,13 @@ Label Studio runs from a venv of its own (`.venv-labelstudio`, made by `make`: i
 and numpy versions the ML stack must not inherit) as a detached process bound to 127.0.0.1.
 Everything it keeps lives under `home/labelstudio/`:
 
-- `data/`: its SQLite database and media (LABEL_STUDIO_BASE_DATA_DIR);
+- `data/`: its SQLite database and media (LABEL_STUDIO_BASE_DATA_DIR); with
+  LOOPLINE_LABEL_STUDIO_DATABASE_URL set, the database is that PostgreSQL one instead (`data/`
+  keeps the media), handed to Label Studio as its own DJANGO_DB and POSTGRE_* settings;
 - `credentials.json` (0600): the account and API token generated on the first start; restarts
   reuse them, since Label Studio only creates the account once;
-- `server.json`: the running server (url, port, pid, files root, started_at), removed by `down`;
+- `server.json`: the running server (url, port, pid, files root, database without its password,
+  started_at), removed by `down`;
 - `labelstudio.log`: its output, whose tail comes with every start failure.
 
 The child gets an environment built from scratch (PATH, HOME, LANG and its own settings):
@@ -40,7 +43,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +55,17 @@ STOP_GRACE_S = 10.0  # seconds between SIGTERM and SIGKILL
 POLL_S = 0.5
 LOG_TAIL_LINES = 30
 DATABASE = "label_studio.sqlite3"  # what Label Studio names its SQLite file in its data dir
+POSTGRES_SCHEMES = ("postgresql", "postgres")  # also with a driver: postgresql+psycopg://
+# Connection parameters a database URL may carry in its query, and the libpq variables that pass
+# them to Label Studio (its settings have no place for them; psycopg reads these).
+LIBPQ_ENV = {
+    "sslmode": "PGSSLMODE",
+    "sslrootcert": "PGSSLROOTCERT",
+    "sslcert": "PGSSLCERT",
+    "sslkey": "PGSSLKEY",
+    "connect_timeout": "PGCONNECT_TIMEOUT",
+    "application_name": "PGAPPNAME",
+}
 
 
 class LabelStudioError(RuntimeError):
@@ -80,6 +94,98 @@ class LabelStudioInfo:
         del out["token"]
         out["files_root"] = str(self.files_root) if self.files_root else None
         return out
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """The PostgreSQL database the local Label Studio keeps its projects in (LOOPLINE_LABEL_STUDIO_DATABASE_URL).
+
+    Empty `user`, `password` or `host` leave them to libpq (the OS user, ~/.pgpass, the Unix socket).
+    `params` are libpq parameters from the URL's query (`?sslmode=require`).
+    """
+
+    name: str
+    user: str = ""
+    password: str = field(default="", repr=False)
+    host: str = ""
+    port: int = 5432
+    params: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_url(cls, url: str) -> PostgresDatabase:
+        """Parse `postgresql://user:password@host:port/name` (`postgres://`, `postgresql+driver://` too)."""
+        parts = urlsplit(url)
+        if parts.scheme.split("+", 1)[0] not in POSTGRES_SCHEMES:
+            raise LabelStudioError(
+                f"LOOPLINE_LABEL_STUDIO_DATABASE_URL must be a postgresql:// URL, not {parts.scheme or 'no'} scheme "
+                "(unset it to keep Label Studio on SQLite)"
+            )
+        query = dict(parse_qsl(parts.query, keep_blank_values=True))
+        host = query.pop("host", None) or unquote(parts.hostname or "")
+        unknown = sorted(set(query) - set(LIBPQ_ENV))
+        if unknown:
+            raise LabelStudioError(
+                f"LOOPLINE_LABEL_STUDIO_DATABASE_URL has parameters Label Studio cannot be given: {', '.join(unknown)} "
+                f"(supported: host, {', '.join(LIBPQ_ENV)})"
+            )
+        name = unquote(parts.path.lstrip("/"))
+        try:
+            port = parts.port or 5432
+        except ValueError as exc:
+            raise LabelStudioError(f"LOOPLINE_LABEL_STUDIO_DATABASE_URL has an invalid port: {exc}") from None
+        if not name:
+            raise LabelStudioError("LOOPLINE_LABEL_STUDIO_DATABASE_URL names no database (…:5432/NAME)")
+        return cls(
+            name=name,
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            host=host,
+            port=port,
+            params=tuple(sorted(query.items())),
+        )
+
+    def describe(self) -> str:
+        """The database as a URL without its password: what logs, server.json and `status` show."""
+        user = f"{quote(self.user, safe='')}@" if self.user else ""
+        socket_dir = self.host if self.host.startswith("/") else ""
+        host = "" if socket_dir else self.host
+        return f"postgresql://{user}{host}:{self.port}/{self.name}" + (f"?host={socket_dir}" if socket_dir else "")
+
+    def child_env(self) -> dict[str, str]:
+        """Label Studio's own settings for it: DJANGO_DB=default selects its POSTGRE_* database."""
+        env = {
+            "DJANGO_DB": "default",
+            "POSTGRE_NAME": self.name,
+            "POSTGRE_USER": self.user,
+            "POSTGRE_PASSWORD": self.password,  # empty: libpq looks in ~/.pgpass (HOME is passed on)
+            "POSTGRE_HOST": self.host,
+            "POSTGRE_PORT": str(self.port),
+        }
+        env.update({LIBPQ_ENV[key]: value for key, value in self.params})
+        return env
+
+    def holds_label_studio(self) -> bool | None:
+        """Whether Label Studio has migrated this database before; None where psycopg is not installed here.
+
+        Also the early check that the database exists and answers: Label Studio itself would only
+        leave a traceback in its log.
+        """
+        try:
+            import psycopg
+        except ImportError:
+            return None
+        kwargs = {"dbname": self.name, "port": self.port, "connect_timeout": 5, **dict(self.params)}
+        kwargs.update({k: v for k, v in (("user", self.user), ("password", self.password), ("host", self.host)) if v})
+        try:
+            with psycopg.connect(**kwargs) as conn:
+                row = conn.execute("SELECT to_regclass('django_migrations') IS NOT NULL").fetchone()
+        except psycopg.Error as exc:
+            reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+            raise LabelStudioError(
+                f"Label Studio's PostgreSQL database {self.describe()} cannot be used ({reason}). "
+                "It must exist before the first start (e.g. `createdb`); check LOOPLINE_LABEL_STUDIO_DATABASE_URL."
+            ) from None
+        return bool(row and row[0])
 
 
 def default_executable() -> str:
@@ -206,10 +312,18 @@ class LocalLabelStudio:
     (default: `home/frames`, where the device API stores frames — never the whole home, which
     holds credentials and databases a Label Studio user could otherwise add as a storage).
     Sign-up without an invitation link is off: accounts are made by whoever runs it.
+    `database_url`: a PostgreSQL database for its projects (LOOPLINE_LABEL_STUDIO_DATABASE_URL;
+    None: SQLite in `data/`); a malformed one is a LabelStudioError here.
     """
 
     def __init__(
-        self, home: Path, *, executable: str | None = None, port: int = 8090, files_root: Path | None = None
+        self,
+        home: Path,
+        *,
+        executable: str | None = None,
+        port: int = 8090,
+        files_root: Path | None = None,
+        database_url: str | None = None,
     ) -> None:
         self.home = Path(home).resolve()
         self.dir = self.home / "labelstudio"
@@ -220,15 +334,26 @@ class LocalLabelStudio:
         self.executable = executable or default_executable()
         self.port = port
         self.files_root = Path(files_root or self.home / "frames").resolve()
+        self.postgres = PostgresDatabase.from_url(database_url) if database_url else None
 
     @classmethod
     def from_settings(cls, settings: Any) -> LocalLabelStudio:
-        """The local server as `Settings` describe it (home, port, executable)."""
-        return cls(settings.home, executable=settings.label_studio_bin, port=settings.label_studio_port)
+        """The local server as `Settings` describe it (home, port, executable, database)."""
+        return cls(
+            settings.home,
+            executable=settings.label_studio_bin,
+            port=settings.label_studio_port,
+            database_url=settings.label_studio_database_url,
+        )
 
     @property
     def url(self) -> str:
         return f"http://{HOST}:{self.port}"
+
+    @property
+    def database(self) -> str:
+        """Where its projects live, as a URL without password: the PostgreSQL database or the SQLite file."""
+        return self.postgres.describe() if self.postgres else f"sqlite:///{self.data_dir / DATABASE}"
 
     # --- state -----------------------------------------------------------------------------
     def _state(self) -> dict[str, Any] | None:
@@ -247,15 +372,23 @@ class LocalLabelStudio:
         except FileNotFoundError:
             return None
 
-    def _ensure_credentials(self) -> dict[str, str]:
+    def _ensure_credentials(self, migrated: bool | None) -> dict[str, str]:
+        """The account to start with: the one kept, else a new one, unless the database has an account of its own.
+
+        `migrated`: whether the database already holds Label Studio's tables (None: unknown).
+        """
         creds = self.credentials()
         if creds is not None:
             return creds
-        if (self.data_dir / DATABASE).exists():
+        if migrated:
+            afresh = (
+                "point LOOPLINE_LABEL_STUDIO_DATABASE_URL at an empty database to start afresh"
+                if self.postgres
+                else f"move {self.data_dir} away to start afresh (its projects and annotations stay in the moved folder)"
+            )
             raise LabelStudioError(
-                f"{self.data_dir} holds a Label Studio database, but {self.credentials_file} (its account's "
-                "password and token) is gone, so loopline cannot use it. Restore that file, or move "
-                f"{self.data_dir} away to start afresh (its projects and annotations stay in the moved folder)."
+                f"{self.database} holds a Label Studio database, but {self.credentials_file} (its account's "
+                f"password and token) is gone, so loopline cannot use it. Restore that file, or {afresh}."
             )
         creds = {"username": LOCAL_USER, "password": secrets.token_urlsafe(18), "token": secrets.token_hex(20)}
         _write_private(self.credentials_file, creds)
@@ -302,7 +435,7 @@ class LocalLabelStudio:
             "LANG": os.environ.get("LANG", "C.UTF-8"),
             "PYTHONUNBUFFERED": "1",
             "LABEL_STUDIO_BASE_DATA_DIR": str(self.data_dir.resolve()),
-            "DJANGO_DB": "sqlite",
+            **(self.postgres.child_env() if self.postgres else {"DJANGO_DB": "sqlite"}),
             "LABEL_STUDIO_USERNAME": creds["username"],
             "LABEL_STUDIO_PASSWORD": creds["password"],
             "LABEL_STUDIO_USER_TOKEN": creds["token"],
@@ -337,6 +470,13 @@ class LocalLabelStudio:
                     elif not self._answers_as_ours(state["url"], creds):
                         raise self._not_ours(pid, state["url"], creds)
                     log.info("Label Studio already runs at %s (pid %s)", state["url"], pid)
+                    if state.get("database", self.database) != self.database:
+                        log.warning(
+                            "Label Studio runs on the database %s, not %s as asked: `loopline labelstudio down` "
+                            "first to change that",
+                            state.get("database"),
+                            self.database,
+                        )
                     if int(state["port"]) != self.port or state.get("files_root") != str(self.files_root):
                         log.warning(
                             "Label Studio runs on port %s serving %s, not port %s serving %s as asked: "
@@ -374,12 +514,15 @@ class LocalLabelStudio:
                 "(it would silently move to another port). Free that port, or choose another one with "
                 "`loopline labelstudio up --port N` or LOOPLINE_LABEL_STUDIO_PORT."
             )
-        creds = self._ensure_credentials()
+        migrated = self.postgres.holds_label_studio() if self.postgres else (self.data_dir / DATABASE).exists()
+        creds = self._ensure_credentials(migrated)
         self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.files_root.mkdir(parents=True, exist_ok=True)  # Label Studio refuses a root that does not exist
-        first = not (self.data_dir / DATABASE).exists()
+        first = migrated is False
         if first:
-            say("First start: Label Studio creates and migrates its database (about 1-2 minutes)…")
+            say(f"First start: Label Studio creates and migrates its database {self.database} (about 1-2 minutes)…")
+        elif migrated is None:
+            say(f"Label Studio migrates its database {self.database} if it is new (about 1-2 minutes then)…")
         cmd = [exe, "start", "--no-browser", "--internal-host", HOST, "--port", str(self.port)]
         with open(self.log_file, "ab") as logf:
             offset = logf.tell()
@@ -401,9 +544,16 @@ class LocalLabelStudio:
             "files_root": str(self.files_root),
             "started_at": _now(),
             "executable": exe,
+            "database": self.database,
         }
         _write_private(self.state_file, state)
-        log.info("started Label Studio (pid %s) on %s; log: %s", proc.pid, self.url, self.log_file)
+        log.info(
+            "started Label Studio (pid %s) on %s with the database %s; log: %s",
+            proc.pid,
+            self.url,
+            self.database,
+            self.log_file,
+        )
         self._await_ready(proc.pid, self.url, creds, timeout, say, offset, first)
         return self._info(state, creds)
 
@@ -453,10 +603,15 @@ class LocalLabelStudio:
         )
 
     def _not_ours(self, pid: int, url: str, creds: dict[str, str]) -> LabelStudioError:
+        afresh = (
+            "point LOOPLINE_LABEL_STUDIO_DATABASE_URL at an empty database"
+            if self.postgres
+            else f"move {self.data_dir} away"
+        )
         return LabelStudioError(
             f"the server answering at {url} does not accept the token of {creds['username']} from "
             f"{self.credentials_file}: it is not the Label Studio loopline started (pid {pid}), or its database "
-            f"was made with other credentials (move {self.data_dir} away to start afresh)."
+            f"{self.database} was made with other credentials ({afresh} to start afresh)."
         )
 
     def _log_tail(self, offset: int = 0) -> str:
@@ -519,6 +674,7 @@ class LocalLabelStudio:
             "username": creds["username"] if creds else None,
             "credentials_file": str(self.credentials_file),
             "data_dir": str(self.data_dir),
+            "database": self.database,
             "log_file": str(self.log_file),
             "files_root": str(self.files_root),
         }
@@ -534,6 +690,7 @@ class LocalLabelStudio:
             port=int(state["port"]),
             started_at=state.get("started_at"),
             files_root=state.get("files_root"),
+            database=state.get("database", self.database),  # what it was started with
         )
         out["running"] = healthy(state["url"])
         if not out["running"]:
