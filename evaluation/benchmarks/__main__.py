@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from evaluation.benchmarks.api_load import api_load
 from evaluation.benchmarks.edge_size import edge_size
 from evaluation.benchmarks.metrics_overhead import metrics_overhead
 from evaluation.benchmarks.queue_throughput import queue_throughput
@@ -19,6 +20,7 @@ def benchmarks() -> None:
 benchmarks.add_command(bench_rag, "rag")
 benchmarks.add_command(bench_vision, "vision")
 benchmarks.add_command(edge_size, "edge-size")
+benchmarks.add_command(api_load, "api-load")
 benchmarks.add_command(metrics_overhead, "metrics-overhead")
 benchmarks.add_command(queue_throughput, "queue")
 
