@@ -3,9 +3,10 @@
     python -m evaluation.benchmarks.edge_size [--keep DIR | --venv DIR] [--model M.onnx --source DIR] [--with-base] [--json]
 
 Creates a fresh virtual environment (in a temporary folder, or DIR with --keep, which is then
-left in place), installs into it only what the edge part needs — numpy, onnxruntime,
-opencv-python-headless, click — and this repository itself with `--no-deps` (built from a
-copy of its sources, so nothing is written into the checkout), then reports:
+left in place) and installs into it what a device installs: the loopline-edge distribution
+(edge/pyproject.toml: the edge package, its `loopline edge` command, and numpy, onnxruntime,
+opencv-python-headless and click as its only dependencies), built from a copy of edge/ so
+that nothing is written into the checkout; then reports:
 
 - the size of the venv's site-packages (du), with its largest entries;
 - the import time of `import edge.detector, edge.cli`, median of 5 fresh interpreters (the
@@ -15,10 +16,9 @@ copy of its sources, so nothing is written into the checkout), then reports:
   --model and --source a real `loopline edge run ... --json`);
 - for comparison, `import ultralytics, torch` in the main venv (median of 3) and its size.
 
-If the console script fails for lack of the base dependencies (pydantic, sqlalchemy, ...),
-or with --with-base, the base dependencies of pyproject.toml are installed on top and the
-size and the checks are reported again, so both sizes (edge libs only, edge + base) are
-visible. With --venv DIR an existing venv (one kept by --keep, say) is measured as it is:
+If the console script fails for lack of a module (it should not: the distribution declares
+what it imports), or with --with-base, the main project's base dependencies are installed on
+top and the size and the checks are reported again. With --venv DIR an existing venv (one kept by --keep, say) is measured as it is:
 nothing is created or installed. pip may download from the package index or reuse its cache;
 the main venv is only read, never installed into. A table goes to stdout (JSON with --json);
 progress to stderr. Exit code 1 when the training stack is importable in the edge venv or
@@ -51,13 +51,12 @@ log = logging.getLogger(__name__)
 
 MODULE = "evaluation.benchmarks.edge_size"
 
-EDGE_LIBS = ["numpy", "onnxruntime", "opencv-python-headless", "click"]
 MUST_BE_ABSENT = ["torch", "ultralytics", "llama_index", "mlflow"]
 EDGE_IMPORT = "import edge.detector, edge.cli"
 TRAIN_IMPORT = "import ultralytics, torch"
-# Copied into the build folder: what setuptools needs to build the wheel (see pyproject.toml).
-BUILD_ITEMS = ["pyproject.toml", "README.md", "shared", "rag", "vision", "edge", "evaluation"]
-_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache")
+# The loopline-edge distribution's folder (edge/pyproject.toml), copied without build leftovers.
+EDGE_DIST = "edge"
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info", ".pytest_cache", "build")
 
 
 def repo_root() -> Path:
@@ -71,6 +70,12 @@ def repo_root() -> Path:
 
 def base_dependencies(root: Path) -> list[str]:
     return list(tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"])
+
+
+def edge_distribution(root: Path) -> dict:
+    """Name and dependencies of the loopline-edge distribution, as edge/pyproject.toml declares them."""
+    project = tomllib.loads((root / EDGE_DIST / "pyproject.toml").read_text())["project"]
+    return {"name": project["name"], "dependencies": list(project["dependencies"])}
 
 
 def du_mb(path: Path) -> float:
@@ -136,15 +141,9 @@ def pip_install(target_python: Path, args: list[str], *, cwd: Path) -> float:
 
 
 def copy_sources(root: Path, dest: Path) -> Path:
-    """A build copy of the project, so building the wheel writes nothing into the checkout."""
+    """A build copy of the edge distribution's folder, so building its wheel writes nothing into the checkout."""
     dest.mkdir(parents=True)
-    for item in BUILD_ITEMS:
-        src = root / item
-        if src.is_dir():
-            shutil.copytree(src, dest / item, ignore=_IGNORE)
-        elif src.is_file():
-            shutil.copy2(src, dest / item)
-    return dest
+    return Path(shutil.copytree(root / EDGE_DIST, dest / EDGE_DIST, ignore=_IGNORE))
 
 
 def timed_import(python: Path, statement: str, *, cwd: Path, env: dict[str, str], runs: int) -> dict:
@@ -354,7 +353,7 @@ def render(report: dict) -> str:
         lines.append(f"{m['label']} largest: " + ", ".join(f"{e['name']} {e['mb']:.0f}" for e in m["largest"][:6]))
     lines.append(
         "needed for `loopline edge` without the base deps: "
-        + (", ".join(report["cli_needs"]) or "nothing (it works with the edge libs alone)")
+        + (", ".join(report["cli_needs"]) or "nothing (loopline-edge alone runs it)")
     )
     lines.append(
         f"pip seconds: {report['pip_seconds']}; venv: {report['venv']}{' (kept)' if report['kept'] else ' (removed)'}"
@@ -447,22 +446,19 @@ def edge_size(
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "runs": {"edge": runs, "train": train_runs},
         "pip_seconds": {},
+        "edge_distribution": edge_distribution(root),
         "measurements": [],
     }
     steps = ["measure edge-only", "main venv reference"]
     if given_venv is None:
-        steps[:0] = ["venv", "edge libs", "loopline --no-deps"]
+        steps[:0] = ["venv", "loopline-edge"]
     measure = {"runs": runs, "model": model, "source": source, "cwd": tmp}
     try:
         with tqdm(total=len(steps), desc="edge_size", unit="step", file=sys.stderr) as bar:
             if given_venv is None:
                 _install_edge_venv(root, venv, python, tmp, report, bar)
             bar.set_postfix_str("measure edge-only")
-            label = (
-                f"given venv ({venv})"
-                if given_venv is not None
-                else "edge only (numpy, onnxruntime, opencv-headless, click + loopline --no-deps)"
-            )
+            label = f"given venv ({venv})" if given_venv is not None else edge_label(report["edge_distribution"])
             edge_only = measure_venv(venv, python, label=label, **measure)
             report["measurements"].append(edge_only)
             report["cli_needs"] = needed_for_cli(edge_only)
@@ -488,20 +484,22 @@ def edge_size(
     ctx.exit(0 if ok else 1)
 
 
+def edge_label(dist: dict) -> str:
+    names = ", ".join(re.split(r"[<>=!~;\[ ]", d, maxsplit=1)[0] for d in dist["dependencies"])
+    return f"{dist['name']} ({names})"
+
+
 def _install_edge_venv(root: Path, venv: Path, python: Path, tmp: Path, report: dict, bar: tqdm) -> None:
-    """A venv without pip, the edge libraries, then loopline itself with --no-deps."""
+    """A venv without pip, then the loopline-edge distribution with the dependencies it declares."""
     bar.set_postfix_str("create venv")
     # --without-pip: the venv holds only what the edge needs; pip runs from this interpreter.
     res = _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=tmp)
     if res.returncode != 0:
         raise RuntimeError(f"creating the venv failed: {res.stderr[-2000:]}")
     bar.update()
-    bar.set_postfix_str("pip install " + " ".join(EDGE_LIBS))
-    report["pip_seconds"]["edge_libs"] = pip_install(python, EDGE_LIBS, cwd=tmp)
-    bar.update()
-    bar.set_postfix_str("pip install --no-deps loopline")
+    bar.set_postfix_str("pip install loopline-edge")
     build = copy_sources(root, tmp / "src")
-    report["pip_seconds"]["loopline_no_deps"] = pip_install(python, ["--no-deps", str(build)], cwd=tmp)
+    report["pip_seconds"]["loopline_edge"] = pip_install(python, [str(build)], cwd=tmp)
     bar.update()
 
 
