@@ -153,7 +153,7 @@ def _progress_wanted(flag: bool | None, as_json: bool) -> bool:
     type=click.IntRange(1),
     default=2,
     show_default=True,
-    help="With --ray: embedding actors, each holding one model and claiming one CPU.",
+    help="With --ray: embedding actors, each holding one model and claiming half a CPU (one torch thread).",
 )
 def ingest(
     path: Path, groups: str, as_json: bool, progress: bool | None, ray_address: str | None, ray_actors: int

@@ -9,6 +9,7 @@ from evaluation.benchmarks.edge_size import edge_size
 from evaluation.benchmarks.metrics_overhead import metrics_overhead
 from evaluation.benchmarks.queue_throughput import queue_throughput
 from evaluation.benchmarks.rag.cli import bench_rag
+from evaluation.benchmarks.ray_ingest import ray_ingest
 from evaluation.benchmarks.vision.cli import bench_vision
 
 
@@ -23,6 +24,7 @@ benchmarks.add_command(edge_size, "edge-size")
 benchmarks.add_command(api_load, "api-load")
 benchmarks.add_command(metrics_overhead, "metrics-overhead")
 benchmarks.add_command(queue_throughput, "queue")
+benchmarks.add_command(ray_ingest, "ray-ingest")
 
 if __name__ == "__main__":
     benchmarks(prog_name="python -m evaluation.benchmarks")
