@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint serve clean bench-rag
+.PHONY: setup demo test lint serve clean bench-rag browser
 
 setup: $(STAMP) $(LS_STAMP)
 
@@ -45,7 +45,12 @@ demo: setup
 	$(PY) -m rag.demo
 	$(VENV)/bin/loopline demo
 
-test: setup lint
+# Debian's chromium drives the page's browser tests (tests/rag/test_web_page.py); Playwright's own
+# browser download cannot work offline.
+browser:
+	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+test: setup lint browser
 	$(PY) -m pytest -q
 
 # ruff (configured in pyproject.toml): lint and formatting are checked, not rewritten.

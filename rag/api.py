@@ -21,10 +21,12 @@ from rag.jobs import groups_of, recorded_ingest
 from rag.loaders import SUPPORTED_SUFFIXES
 from rag.models import (
     Answer,
+    DeadLetterOut,
     DocumentOut,
     FeedbackIn,
     FeedbackOut,
     IngestPathIn,
+    MeOut,
     QueryRequest,
     RunOut,
     RunRecordOut,
@@ -417,6 +419,29 @@ def runs(
             error=r.error,
         )
         for r in api.service.metadata.recent_runs(limit)
+    ]
+
+
+@router.get("/me", response_model=MeOut, summary="Who this key is: name, groups, admin.")
+def me(who: Principal = Depends(require_user)) -> MeOut:
+    return MeOut(name=who.name, groups=sorted(who.groups), admin=who.admin)
+
+
+@router.get(
+    "/dead-letters",
+    response_model=list[DeadLetterOut],
+    summary="Inputs the ingests could not take, newest first (admins).",
+    responses=ADMIN_ONLY,
+)
+def dead_letters(
+    limit: int = Query(50, ge=1, le=1000),
+    run_id: int | None = Query(None, description="Only this run's."),
+    who: Principal = Depends(require_admin),
+    api: RagApi = Depends(rag_api),
+) -> list[DeadLetterOut]:
+    return [
+        DeadLetterOut(id=d.id, run_id=d.run_id, source=d.source, path=d.path, reason=d.reason, created_at=d.created_at)
+        for d in api.service.metadata.dead_letters(run_id=run_id, limit=limit)
     ]
 
 

@@ -132,6 +132,25 @@ class SyncFinished(BaseModel):
     run: RunOut = Field(description="The run (with `wait=true`).")
 
 
+class MeOut(BaseModel):
+    """Who the key is: what the page shows and whether it offers the admin tools."""
+
+    name: str
+    groups: list[str] = Field(description="The groups named for the user; everyone also reads 'public'.")
+    admin: bool
+
+
+class DeadLetterOut(BaseModel):
+    """An input an ingest could not take, with the reason; the rest of its run went on."""
+
+    id: int
+    run_id: int | None
+    source: str
+    path: str
+    reason: str
+    created_at: UtcDateTime
+
+
 class FeedbackOut(BaseModel):
     id: int
 

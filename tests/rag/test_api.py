@@ -697,3 +697,21 @@ def test_bad_feedback_is_rejected(world: World, body: dict) -> None:
     r = world.client.post("/v1/feedback", json=body, headers=hdr("ada"))
     assert r.status_code == 422, r.text
     assert len(world.svc.feedback.recent(limit=1000)) == n_before
+
+
+def test_me_and_dead_letters(make_service, tmp_path: Path) -> None:
+    folder = tmp_path / "drive"
+    folder.mkdir()
+    (folder / "fine.md").write_text("# Fine\n\nThe Oslo office opens at eight.\n")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    svc = make_service(home=tmp_path / "home")
+    run = svc.ingest(folder, ["engineering"])
+    client = make_client(svc)
+
+    assert client.get("/v1/me", headers=hdr("ada")).json() == {"name": "ada", "groups": ["engineering"], "admin": False}
+    assert client.get("/v1/me", headers=hdr("root")).json()["admin"] is True
+    assert client.get("/v1/me").status_code == 401
+
+    assert client.get("/v1/dead-letters", headers=hdr("ada")).status_code == 403
+    letters = client.get(f"/v1/dead-letters?run_id={run.run_id}", headers=hdr("root")).json()
+    assert [d["path"] for d in letters] == ["broken.pdf"] and letters[0]["reason"]
