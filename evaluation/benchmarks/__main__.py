@@ -6,6 +6,7 @@ import click
 
 from evaluation.benchmarks.api_load import api_load
 from evaluation.benchmarks.edge_size import edge_size
+from evaluation.benchmarks.embedding_runtime import embedding_runtime
 from evaluation.benchmarks.metrics_overhead import metrics_overhead
 from evaluation.benchmarks.queue_throughput import queue_throughput
 from evaluation.benchmarks.rag.cli import bench_rag
@@ -21,6 +22,7 @@ def benchmarks() -> None:
 benchmarks.add_command(bench_rag, "rag")
 benchmarks.add_command(bench_vision, "vision")
 benchmarks.add_command(edge_size, "edge-size")
+benchmarks.add_command(embedding_runtime, "embedding-runtime")
 benchmarks.add_command(api_load, "api-load")
 benchmarks.add_command(metrics_overhead, "metrics-overhead")
 benchmarks.add_command(queue_throughput, "queue")
