@@ -15,18 +15,18 @@ import fnmatch
 import json
 import os
 import re
-import shlex
 import shutil
 import subprocess
 import sys
 import tomllib
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from dockerfile import dockerfile_stages
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
@@ -229,53 +229,8 @@ def test_edge_wheel_installs_and_runs_alone_in_a_fresh_venv(wheels: Wheels, tmp_
 
 
 # --- the image builds the same environment ----------------------------------------------------
-@dataclass
-class Stage:
-    image: str
-    instructions: list[tuple[str, str]] = field(default_factory=list)
-
-    def all(self, keyword: str) -> list[str]:
-        return [args for kw, args in self.instructions if kw == keyword]
-
-
-def dockerfile_stages(text: str) -> list[Stage]:
-    """FROM-separated stages of (KEYWORD, arguments), continuation lines joined, comments dropped."""
-    logical, pending = [], ""
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.endswith("\\"):
-            pending += line[:-1] + " "
-            continue
-        logical.append(pending + line)
-        pending = ""
-    stages: list[Stage] = []
-    for instruction in logical:
-        keyword, _, args = instruction.partition(" ")
-        if keyword.upper() == "FROM":
-            stages.append(Stage(args.strip()))
-        else:
-            stages[-1].instructions.append((keyword.upper(), args.strip()))
-    return stages
-
-
-def pip_commands(stage: Stage) -> list[list[str]]:
-    """The `pip …` commands of a stage's RUN lines (each `&&` part), as words after `pip`."""
-    found = []
-    for run in stage.all("RUN"):
-        for part in run.split("&&"):
-            words = shlex.split(part)
-            if words[:1] == ["pip"]:
-                found.append(words[1:])
-            elif words[:3] in (["python", "-m", "pip"], ["python3", "-m", "pip"]):
-                found.append(words[3:])
-    return found
-
-
 def dockerfile_entrypoint() -> list[str]:
-    (entrypoint,) = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))[-1].all("ENTRYPOINT")
-    return json.loads(entrypoint)
+    return dockerfile_stages(DOCKERFILE)[-1].exec_form("ENTRYPOINT")
 
 
 def _positional(args: list[str]) -> list[str]:
@@ -292,7 +247,7 @@ def _positional(args: list[str]) -> list[str]:
 
 
 def test_edge_dockerfile_installs_the_wheel_this_test_installs(wheels: Wheels) -> None:
-    build, final = dockerfile_stages(DOCKERFILE.read_text(encoding="utf-8"))
+    build, final = dockerfile_stages(DOCKERFILE)
 
     # Built from the repository root as the context: every COPY source exists there.
     for stage in (build, final):
@@ -303,11 +258,11 @@ def test_edge_dockerfile_installs_the_wheel_this_test_installs(wheels: Wheels) -
                 assert not missing, f"COPY {copy}: not in the repository root (the build context): {missing}"
 
     # The builder makes the pure-Python edge wheel, nothing else.
-    (wheel_cmd,) = pip_commands(build)
+    (wheel_cmd,) = build.pip_commands()
     assert wheel_cmd[0] == "wheel" and "--no-deps" in wheel_cmd and _positional(wheel_cmd) == ["./edge"], wheel_cmd
 
     # The image installs that wheel alone, with the dependencies it declares: what the venv test did.
-    installs = [cmd for cmd in pip_commands(final) if cmd[0] == "install"]
+    installs = [cmd for cmd in final.pip_commands() if cmd[0] == "install"]
     assert len(installs) == 1, f"one pip install in the final stage, of the edge wheel: {installs}"
     (install,) = installs
     assert "--no-deps" not in install
