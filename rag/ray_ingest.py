@@ -8,8 +8,9 @@ chunks and vectors with the same functions (`rag.parsing.parse_file`, `TextChunk
 in-process code itself: the ingestion core's `IngestPipeline` (change detection, dead letters,
 run records, metadata after vectors) drives a `RagIndexer` (chunk ids, payloads, sparse
 vectors, writes through the vector-store port) whose vectors come from Ray. So the index and
-the metadata equal what `loopline rag ingest PATH` builds, vectors within float tolerance
-(batches differ, hence padding).
+the metadata equal what `loopline rag ingest PATH` builds, vectors within float tolerance in
+FP32 (batches differ, hence padding); INT8 quantizes activations per batch, so its vectors
+differ a little more (cosine >= 0.99).
 
 Ray starts only when some file is new or changed. Without an address a local Ray is started
 for the run (and shut down after); `auto`, `HOST:PORT` or `ray://HOST:10001` connect to a

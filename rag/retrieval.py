@@ -12,6 +12,8 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from rag.embeddings import Embedder
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import CollectionInfo, EmbeddingMismatch, SearchHit, VectorStore
@@ -75,4 +77,4 @@ class Retriever:
 
 
 def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    return float(sum(x * y for x, y in zip(a, b, strict=True)))
+    return float(np.dot(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)))

@@ -22,11 +22,13 @@ for var in ("OPENAI_BASE_URL", "OPENAI_API_KEY", "OPENAI_MODEL"):
 
 @pytest.fixture(scope="session")
 def embedder():
-    """The real bundled MiniLM model, loaded once (a few seconds)."""
-    pytest.importorskip("sentence_transformers")
-    from rag.embeddings import LocalEmbedder
+    """The real bundled MiniLM model on the default runtime (ONNX INT8), loaded once; its export
+    lands in the user's cache once per machine (about 15 s)."""
+    pytest.importorskip("onnxruntime")
+    from rag.embeddings import make_embedder
+    from shared.config import Settings
 
-    return LocalEmbedder(batch_size=32)
+    return make_embedder(Settings())
 
 
 @pytest.fixture

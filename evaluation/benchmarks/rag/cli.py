@@ -37,11 +37,13 @@ from evaluation.benchmarks.rag.process import init_logging, run_in_child
 from evaluation.benchmarks.rag.report import add_results, render_table
 
 log = logging.getLogger(__name__)
+RUNTIMES = ("onnx", "torch")
 
 MODULE = "evaluation.benchmarks.rag"
 VERSIONED_PACKAGES = (
     "loopline",
     "torch",
+    "onnxruntime",
     "transformers",
     "sentence-transformers",
     "tokenizers",
@@ -121,6 +123,13 @@ OFFLINE_ENV = {
     help="Scratch folder for the corpus copy and indexes; its path is part of what the baseline embeds "
     "(file_path metadata), so keep it fixed between runs.",
 )
+@click.option(
+    "--runtimes",
+    default="onnx,torch",
+    show_default=True,
+    help="loopline's embedding runtimes (LOOPLINE_EMBEDDING_RUNTIME), each a full run side by side: the first is "
+    "reported as 'loopline', the others as 'loopline-<runtime>'.",
+)
 @click.option("--keep-tmp", is_flag=True, help="Keep the scratch corpus copy and indexes.")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 @click.pass_context
@@ -140,6 +149,7 @@ def bench_rag(
     chunk_overlap: int | None,
     min_relevance: float | None,
     work_dir: Path,
+    runtimes: str,
     keep_tmp: bool,
     verbose: bool,
 ) -> None:
@@ -155,6 +165,9 @@ def bench_rag(
     t_start = time.perf_counter()
     args = given_args(ctx)
 
+    chosen_runtimes = [r.strip() for r in runtimes.split(",") if r.strip()]
+    if not chosen_runtimes or set(chosen_runtimes) - set(RUNTIMES) or len(set(chosen_runtimes)) < len(chosen_runtimes):
+        raise click.BadParameter(f"'{runtimes}': choose among {', '.join(RUNTIMES)}", param_hint="--runtimes")
     corpus = corpus.resolve()
     if not corpus.is_dir():
         raise click.BadParameter(
@@ -203,8 +216,11 @@ def bench_rag(
             "min_relevance": min_relevance,
         }
         results: dict[str, dict] = {}
-        log.info("loopline: ingest, re-ingest and queries in a child process")
-        results["loopline"] = run_in_child(run_loopline, base_cfg, level)
+        for i, runtime in enumerate(chosen_runtimes):
+            name = "loopline" if i == 0 else f"loopline-{runtime}"
+            log.info("%s (%s embeddings): ingest, re-ingest and queries in a child process", name, runtime)
+            cfg = {**base_cfg, "runtime": runtime, "home_suffix": i > 0}
+            results[name] = run_in_child(run_loopline, cfg, level)
         for chunking in {"both": CHUNKINGS, "none": ()}.get(baseline, (baseline,)):
             log.info("baseline (%s chunking): ingest and queries in a child process", chunking)
             results[f"baseline-{chunking}"] = run_in_child(run_baseline, {**base_cfg, "chunking": chunking}, level)
@@ -236,6 +252,7 @@ def bench_rag(
             "baseline": baseline,
             "max_docs": max_docs,
             "work_dir": str(work),
+            "runtimes": chosen_runtimes,
         },
         "corpus": {
             "path": str(corpus),

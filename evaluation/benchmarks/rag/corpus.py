@@ -26,8 +26,8 @@ _SKIPPED_DIRS = {".git", ".hg", ".svn", "__pycache__", "node_modules", ".venv"}
 # embedded text, so a random temp name would make the baseline's chunks and vectors differ
 # from run to run.
 DEFAULT_WORK = Path(tempfile.gettempdir()) / "loopline-bench-rag-work"
-_WORK_ENTRIES = {"corpus", "loopline_home", ".lock"}
-SCRATCH = ("corpus", "loopline_home")
+SCRATCH = ("corpus", "loopline_home", "loopline_home_onnx", "loopline_home_torch")  # one home per runtime
+_WORK_ENTRIES = {*SCRATCH, ".lock"}
 
 
 class WorkDirError(Exception):

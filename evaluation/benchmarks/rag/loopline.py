@@ -1,5 +1,8 @@
 """loopline under test, in its own process: ingest, re-ingest of the unchanged folder, then queries.
 
+One process per embedding runtime (`cfg["runtime"]`: onnx, torch or the default), each with a
+home of its own: a collection records the model that built it.
+
 Queries run twice on the same index: hybrid (dense + BM25, RRF) and dense-only (no sparse
 query vector). Each question is also asked through `RagService.ask`, for abstention. The
 ranks and scores are computed by the parent (`report`); this only measures and records.
@@ -33,12 +36,15 @@ def run_loopline(cfg: dict) -> dict:
     from shared.config import Settings
 
     corpus = Path(cfg["corpus"])
-    home = Path(cfg["work"]) / "loopline_home"
+    runtime = cfg.get("runtime")  # None: the product's default embedding runtime
+    home = Path(cfg["work"]) / (f"loopline_home_{runtime}" if cfg.get("home_suffix") else "loopline_home")
     admin = Principal(name="bench", admin=True)
     top_k = cfg["top_k"]
 
     def settings(hybrid: bool, threads: int) -> Settings:
         extra = {k: cfg[k] for k in ("chunk_size", "chunk_overlap", "min_relevance") if cfg.get(k) is not None}
+        if runtime:
+            extra["embedding_runtime"] = runtime
         return Settings(home=home, hybrid=hybrid, embedding_threads=threads, top_k=top_k, **extra)
 
     out: dict[str, Any] = {"system": "loopline", "torch_threads": threads}
@@ -47,6 +53,7 @@ def run_loopline(cfg: dict) -> dict:
         "chunk_size": s.chunk_size,
         "chunk_overlap": s.chunk_overlap,
         "min_relevance": s.min_relevance,
+        "embedding_runtime": s.embedding_runtime,
         "embedding_batch_size": s.embedding_batch_size,
         "top_k": top_k,
         "hybrid_ingest": True,
@@ -55,6 +62,7 @@ def run_loopline(cfg: dict) -> dict:
         indexer = svc.pipeline.indexer  # loads the embedding model (timed apart from the ingest)
         indexer.embedder.embed_documents(["warm-up"])  # the first forward pass pages in torch kernels
         out["model_load_s"] = round(time.perf_counter() - t_boot, 3)  # imports and warm-up included
+        out["settings"]["embedding_model"] = indexer.embedder.name
         out["rss_after_load_mib"] = rss_mib()
         bar = tqdm(desc="loopline ingest", unit="doc", file=sys.stderr)
 

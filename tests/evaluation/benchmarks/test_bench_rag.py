@@ -60,13 +60,21 @@ def test_both_systems_are_measured_and_scored(tmp_path: Path) -> None:
         "answerable_in_subset": 3,
         "unanswerable": 1,
     }
-    assert set(report["ingest"]) == {"loopline", "baseline-matched"}
+    assert set(report["ingest"]) == {"loopline", "loopline-torch", "baseline-matched"}
+    models = {name: s["embedding_model"] for name, s in report["settings"].items() if name.startswith("loopline")}
+    assert models == {"loopline": "all-MiniLM-L6-v2+onnx-int8", "loopline-torch": "all-MiniLM-L6-v2"}
     for figures in report["ingest"].values():
         assert figures["documents"] == 4 and figures["chunks"] >= 4
         assert figures["chunks_per_s"] > 0 and figures["peak_rss_mib"] > 0
     assert report["reingest"]["unchanged"] == 4 and report["reingest"]["added"] + report["reingest"]["updated"] == 0
 
-    assert set(report["retrieval"]) == {"loopline-hybrid", "loopline-dense", "baseline-matched"}
+    assert set(report["retrieval"]) == {
+        "loopline-hybrid",
+        "loopline-dense",
+        "loopline-torch-hybrid",
+        "loopline-torch-dense",
+        "baseline-matched",
+    }
     for name, r in report["retrieval"].items():
         assert r["queries"] == 4 and r["answerable"] == 3, name
         assert 0 <= r["hit@1"] <= r["hit@5"] <= 1 and 0 <= r["mrr@5"] <= 1, name
@@ -79,10 +87,12 @@ def test_both_systems_are_measured_and_scored(tmp_path: Path) -> None:
 
     assert all(isinstance(t["pass"], bool) and t["target"] for t in report["targets"])
     assert any(t["target"].startswith("unchanged re-ingest") for t in report["targets"])
+    assert any(t["target"] == "ingest chunks/s >= 2x loopline-torch" for t in report["targets"])
     table = (out / "bench_rag.txt").read_text()
     for heading in ("Ingest", "Retrieval", "Abstention", "Targets", "baseline-matched"):
         assert heading in table
     assert not (work / "corpus").exists() and not (work / "loopline_home").exists()  # emptied at exit
+    assert not (work / "loopline_home_torch").exists()
 
 
 def test_a_broken_qa_file_is_named_before_anything_runs(tmp_path: Path) -> None:
