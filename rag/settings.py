@@ -74,7 +74,9 @@ class RagSettings(BaseModel):
     )
     embedding_batch_size: int = Field(8, ge=1, description="Chunks per call to the bundled local model.")
     embedding_threads: int | None = Field(
-        None, description="CPU threads of local embedding; the runtime's default (all cores) if unset."
+        None,
+        description="CPU threads embedding documents locally; the runtime's default (all cores) if unset. With ONNX, "
+        "each query is embedded on one thread, so concurrent questions run side by side.",
     )
 
     # Ingestion: chunking (in word pieces of the embedding model, which truncates at 256) and limits

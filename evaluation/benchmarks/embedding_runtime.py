@@ -393,7 +393,7 @@ def run_benchmark(
             result["strategy"] = {"batch_size": best["batch_size"], "probe": probe_name}
         for name, emb in onnx.items():
             emb.batch_size = result["strategy"]["batch_size"]
-            runners[name] = (emb.embed_array, lambda q, emb=emb: emb.embed_array([q])[0])
+            runners[name] = (emb.embed_array, lambda q, emb=emb: emb.embed_array([q], purpose="query")[0])
         for docs, query in runners.values():  # warm-up
             docs(timed_texts[:8])
             query(questions[0])
