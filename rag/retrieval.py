@@ -68,7 +68,8 @@ class Retriever:
             with_vectors=True,
         )
         t2 = time.perf_counter()
-        chunks = [Retrieved(hit=h, relevance=_dot(qvec, h.vector) if h.vector else h.score) for h in hits]
+        q = np.asarray(qvec, dtype=np.float32)
+        chunks = [Retrieved(hit=h, relevance=_dot(q, h.vector) if h.vector else h.score) for h in hits]
         # RRF often ties (equal ranks in both lists), and the engine cuts ties arbitrarily:
         # fetch a few more, break ties by similarity, then cut — the same answer every run.
         chunks.sort(key=lambda r: (-round(r.hit.score, 9), -r.relevance, r.hit.id))
@@ -76,5 +77,5 @@ class Retriever:
         return Retrieval(chunks=chunks, embed_ms=(t1 - t0) * 1000, search_ms=(t2 - t1) * 1000)
 
 
-def _dot(a: Sequence[float], b: Sequence[float]) -> float:
-    return float(np.dot(np.asarray(a, dtype=np.float32), np.asarray(b, dtype=np.float32)))
+def _dot(a: np.ndarray, b: Sequence[float]) -> float:
+    return float(np.dot(a, np.asarray(b, dtype=np.float32)))
