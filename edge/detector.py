@@ -97,8 +97,14 @@ def read_model_info(session: ort.InferenceSession, path: Path) -> ModelInfo:
     )
 
 
-def load_session(path: Path, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session, or a ModelError naming the file and the fix."""
+def load_session(path: Path, threads: int | None = None, *, spin_wait: bool = True) -> ort.InferenceSession:
+    """A CPU session, or a ModelError naming the file and the fix.
+
+    `spin_wait=False` makes its worker threads block between operators instead of spinning
+    (ONNX Runtime's default). Measured with yolov8n at 320x256 on 2 threads of a 2-core machine:
+    idle, spinning is faster (10.2 vs 12.9 ms per session.run); with another process busy on a
+    core, spinning workers take the time slices the model needs (35 vs 18 ms per frame).
+    """
     if not path.exists():
         raise ModelError(f"model file {path} not found; {EXPORT_HINT}")
     if not path.is_file():
@@ -106,6 +112,8 @@ def load_session(path: Path, threads: int | None = None) -> ort.InferenceSession
     options = ort.SessionOptions()
     if threads:
         options.intra_op_num_threads = threads
+    if not spin_wait:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # ORT raises several pybind types for bad files; all mean the same to a user
@@ -127,12 +135,13 @@ class Detector:
         iou: float = 0.7,
         threads: int | None = None,
         max_det: int = 300,
+        spin_wait: bool = True,
     ) -> None:
         if not 0.0 <= conf <= 1.0 or not 0.0 <= iou <= 1.0:
             raise ValueError(f"conf and iou must be within 0..1 (got conf={conf}, iou={iou})")
         self.path = Path(model_path)
         self.conf, self.iou, self.max_det = conf, iou, max_det
-        self.session = load_session(self.path, threads)
+        self.session = load_session(self.path, threads, spin_wait=spin_wait)
         self.info = read_model_info(self.session, self.path)
         self._input = self.session.get_inputs()[0].name
         self._output = self.session.get_outputs()[0].name

@@ -18,6 +18,7 @@ from edge.types import Detection
 
 MAX_WH = 7680  # per-class offset ultralytics adds so one NMS pass never mixes classes
 MAX_NMS = 30_000  # candidates kept (by score) before NMS, as ultralytics
+NMS_BLOCK = 256  # candidates whose IoU rows NMS computes in one numpy call (bounds its memory)
 
 
 def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
@@ -27,37 +28,52 @@ def xywh_to_xyxy(xywh: np.ndarray) -> np.ndarray:
 
 
 def decode(output: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(1, 4+nc, N) raw output → boxes xyxy, best-class scores and classes above `conf`."""
+    """(1, 4+nc, N) raw output → boxes xyxy, best-class scores and classes above `conf`.
+
+    Thresholds the best score of every anchor on the output's own (4+nc, N) layout first, so
+    only the few candidates are gathered, transposed and converted.
+    """
     if output.ndim != 3 or output.shape[0] != 1 or output.shape[1] < 5:
         raise ValueError(f"expected a (1, 4+classes, N) detection output, got shape {output.shape}")
-    pred = output[0].T.astype(np.float32, copy=False)  # (N, 4+nc)
-    cls_scores = pred[:, 4:]
-    classes = cls_scores.argmax(1)
-    scores = cls_scores[np.arange(len(classes)), classes]
-    keep = scores > conf
-    return xywh_to_xyxy(pred[keep, :4]), scores[keep], classes[keep].astype(np.int64)
+    raw = output[0].astype(np.float32, copy=False)  # (4+nc, N)
+    best = raw[4:].max(0)
+    idx = np.flatnonzero(best > conf)
+    candidates = raw[:, idx].T  # (k, 4+nc)
+    classes = candidates[:, 4:].argmax(1).astype(np.int64)  # first of tied classes, as torch.max
+    return xywh_to_xyxy(candidates[:, :4]), best[idx], classes
 
 
 def nms(boxes: np.ndarray, scores: np.ndarray, iou: float) -> np.ndarray:
-    """Greedy NMS (as torchvision): indices kept, by descending score; drops IoU > `iou`."""
+    """Greedy NMS (as torchvision): indices kept, by descending score; drops IoU > `iou`.
+
+    The IoU rows of up to NMS_BLOCK boxes still standing are computed at once against every
+    later box (float32, torchvision's arithmetic and order); only the greedy pick over those
+    rows is a Python loop.
+    """
     if len(boxes) == 0:
         return np.empty(0, dtype=np.int64)
-    boxes = boxes.astype(np.float32, copy=False)
-    x1, y1, x2, y2 = boxes.T
-    areas = (x2 - x1) * (y2 - y1)
     order = np.argsort(-scores, kind="stable")
+    x1, y1, x2, y2 = np.ascontiguousarray(boxes[order].astype(np.float32, copy=False).T)
+    areas = (x2 - x1) * (y2 - y1)
+    n = len(order)
+    suppressed = np.zeros(n, dtype=bool)
     keep: list[int] = []
-    while order.size:
-        i = order[0]
-        keep.append(int(i))
-        rest = order[1:]
-        w = np.clip(np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]), 0, None)
-        h = np.clip(np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]), 0, None)
-        inter = w * h
+    for start in range(0, n, NMS_BLOCK):
+        rows = start + np.flatnonzero(~suppressed[start : start + NMS_BLOCK])
+        if not rows.size:
+            continue
+        later = slice(start, n)
+        w = np.minimum(x2[rows, None], x2[later]) - np.maximum(x1[rows, None], x1[later])
+        h = np.minimum(y2[rows, None], y2[later]) - np.maximum(y1[rows, None], y1[later])
+        inter = np.maximum(w, np.float32(0)) * np.maximum(h, np.float32(0))
         with np.errstate(invalid="ignore", divide="ignore"):
-            overlap = inter / (areas[i] + areas[rest] - inter)
-        order = rest[~(overlap.astype(np.float64) > iou)]  # NaN (empty boxes) never suppresses
-    return np.asarray(keep, dtype=np.int64)
+            overlap = inter / (areas[rows, None] + areas[later] - inter)
+        over = overlap.astype(np.float64) > iou  # NaN (empty boxes) never suppresses
+        for row, i in zip(over, rows.tolist()):
+            if not suppressed[i]:
+                keep.append(i)
+                suppressed[start:] |= row
+    return order[keep]
 
 
 def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, iou: float) -> np.ndarray:
@@ -68,17 +84,12 @@ def class_aware_nms(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, 
 
 def scale_boxes(boxes: np.ndarray, geo: Letterbox) -> np.ndarray:
     """Model-input boxes → source pixels: remove padding, undo the resize, clip to the frame."""
-    out = boxes.astype(np.float32, copy=True)
     left, top = geo.pad
     gain_x, gain_y = geo.gain
-    out[:, [0, 2]] -= np.float32(left)
-    out[:, [1, 3]] -= np.float32(top)
-    out[:, [0, 2]] /= np.float32(gain_x)
-    out[:, [1, 3]] /= np.float32(gain_y)
     h, w = geo.source_hw
-    out[:, [0, 2]] = out[:, [0, 2]].clip(0, w)
-    out[:, [1, 3]] = out[:, [1, 3]].clip(0, h)
-    return out
+    out = boxes.astype(np.float32, copy=False) - np.array((left, top, left, top), np.float32)
+    out /= np.array((gain_x, gain_y, gain_x, gain_y), np.float32)
+    return np.clip(out, np.float32(0), np.array((w, h, w, h), np.float32), out=out)
 
 
 def _end_to_end(output: np.ndarray, conf: float, max_det: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,11 +121,6 @@ def postprocess(
         boxes, scores, classes = boxes[keep], scores[keep], classes[keep]
     boxes = scale_boxes(boxes, geo)
     return [
-        Detection(
-            cls=int(c),
-            name=names.get(int(c), str(int(c))),
-            score=float(s),
-            box=(float(b[0]), float(b[1]), float(b[2]), float(b[3])),
-        )
-        for b, s, c in zip(boxes, scores, classes)
+        Detection(cls=c, name=names.get(c, str(c)), score=s, box=(b[0], b[1], b[2], b[3]))
+        for b, s, c in zip(boxes.tolist(), scores.tolist(), classes.tolist())
     ]

@@ -210,11 +210,20 @@ def train(
     default=None,
     help="data.yaml (default: the one it was trained on).",
 )
+@click.option(
+    "--square-input",
+    is_flag=True,
+    help="A square imgsz x imgsz input instead of one shaped like the training frames (e.g. 320x256 for 4:3).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print {version, onnx: {precision: path}, …}.")
 @progress_option
-def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json: bool, progress: bool | None) -> None:
+def export_cmd(
+    version: str, int8: bool, fp16: bool, data: Path | None, square_input: bool, as_json: bool, progress: bool | None
+) -> None:
     """Export VERSION to ONNX; each variant is scored and timed, the preferred one marked.
 
+    The input is shaped like the training frames: imgsz on their long side, the short side the
+    smallest stride multiple that holds them, so devices compute no padding rows.
     Each step (export, quantize, convert, score, time, choose) goes to stderr as it starts and ends.
     """
     from vision.release import export_version
@@ -230,6 +239,7 @@ def export_cmd(version: str, int8: bool, fp16: bool, data: Path | None, as_json:
                 int8=int8,
                 fp16=fp16,
                 data_yaml=data,
+                square_input=square_input,
                 on_step=_print_step if _progress_wanted(progress) else None,
             )
     except (LookupError, FileNotFoundError) as exc:

@@ -30,6 +30,7 @@ class ExportParams(BaseModel):
     version: str = Field(description="A registered version (number or alias).")
     int8: bool = Field(False, description="Also an INT8 model calibrated on training images.")
     fp16: bool = Field(False, description="Also an FP16 model.")
+    square_input: bool = Field(False, description="A square input instead of one shaped like the training frames.")
 
 
 class EvalParams(BaseModel):
@@ -82,7 +83,9 @@ def export(run: JobRun) -> dict:
     def on_step(step: Step) -> None:
         run.progress(step.n if step.seconds is not None else step.n - 1, step.total, unit="steps", step=step.name)
 
-    out = export_version(run.ctx.settings, registry, p.version, int8=p.int8, fp16=p.fp16, on_step=on_step)
+    out = export_version(
+        run.ctx.settings, registry, p.version, int8=p.int8, fp16=p.fp16, square_input=p.square_input, on_step=on_step
+    )
     return json.loads(json.dumps(out, default=str))
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared.config import Settings
-from vision.export import convert_fp16, export_onnx, quantize_int8
+from vision.export import convert_fp16, export_onnx, quantize_int8, typical_frame_hw
 from vision.registry import ModelRegistry
 from vision.training import model_dir, quiet_ultralytics
 from vision.validation import evaluate_detector
@@ -116,9 +116,14 @@ def export_version(
     fp16: bool = False,
     data_yaml: Path | None = None,
     calibration_count: int = 64,
+    square_input: bool = False,
     on_step: Callable[[Step], None] | None = None,
 ) -> dict:
-    """Export, score, time and record the variants; `on_step` hears each step start and end."""
+    """Export, score, time and record the variants; `on_step` hears each step start and end.
+
+    The input is shaped like the training frames (imgsz on their long side, see
+    `vision.export.frame_input_hw`) unless `square_input`, or when no training image is readable.
+    """
     prepare_ultralytics(settings.home, settings.train_threads)
     mv = registry.get(version)
     folder = model_dir(settings, mv.version)
@@ -129,8 +134,12 @@ def export_version(
     data_yaml = data_yaml or _data_of(registry, mv.version)
     variants = 1 + int8 + fp16
     step = _Steps(on_step, total=variants * 3 + 2)  # make, score and time each; reference; choose and record
-    with step(f"export FP32 ONNX ({imgsz} px)"):
-        onnx: dict[str, Path] = {"fp32": export_onnx(weights, folder / "model.fp32.onnx", imgsz=imgsz)}
+    frame_hw = None if square_input else typical_frame_hw(_val_images(data_yaml, "train"))
+    shape = f", shaped like {frame_hw[1]}x{frame_hw[0]} frames" if frame_hw and frame_hw[0] != frame_hw[1] else ""
+    with step(f"export FP32 ONNX ({imgsz} px{shape})"):
+        onnx: dict[str, Path] = {
+            "fp32": export_onnx(weights, folder / "model.fp32.onnx", imgsz=imgsz, frame_hw=frame_hw)
+        }
     if int8:
         calib = _val_images(data_yaml, "train")[:calibration_count]
         with step(f"quantize INT8 (static QDQ, calibrated on {len(calib)} training images)"):

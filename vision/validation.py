@@ -59,11 +59,11 @@ def evaluate_detector(model: Path, data_yaml: Path, *, split: str = "val", imgsz
 
 
 def onnx_imgsz(path: Path) -> int:
-    """The input side an exported ONNX model was built for."""
-    import onnx
+    """The long side of the input an exported ONNX model was built for (its `imgsz`: a square
+    export's side, or the long side of one shaped like the frames)."""
+    from vision.export import onnx_input_hw
 
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    return int(dims[2].dim_value)
+    return max(onnx_input_hw(path))
 
 
 # --- model references ----------------------------------------------------------------------

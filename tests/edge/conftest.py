@@ -1,4 +1,5 @@
-"""Session fixtures for the edge runtime: a tiny detector trained here, its ONNX and INT8 exports.
+"""Session fixtures for the edge runtime: a tiny detector trained here, its ONNX and INT8 exports,
+square and shaped like wide frames.
 
 The model is trained from scratch on synthetic plates in about half a minute. It is weak, but
 it must give image-dependent, localised boxes or the parity tests compare nothing; AdamW at a
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 IMGSZ = 96
+WIDE_FRAME_HW = (120, 200)  # frames of the rectangular export: 96 on the long side → a 64x96 input
 
 
 @dataclass(frozen=True)
@@ -91,3 +93,24 @@ def int8_onnx(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -
         pytest.skip(f"vision.export.quantize_int8 not available ({exc}); INT8 parity not checked")
     out = tmp_path_factory.mktemp("int8") / "tiny-int8.onnx"
     return Path(quantize_int8(tiny_model.onnx, tiny_model.train_images[:32], out))
+
+
+@pytest.fixture(scope="session")
+def rect_onnx(tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model exported by the vision vertical's exporter for wide frames (a non-square input)."""
+    import shutil
+
+    from vision.export import export_onnx
+
+    folder = tmp_path_factory.mktemp("rect")
+    weights = Path(shutil.copy(tiny_model.pt, folder))  # ultralytics writes best.onnx beside the weights
+    return export_onnx(weights, folder / "tiny-rect.onnx", imgsz=IMGSZ, frame_hw=WIDE_FRAME_HW)
+
+
+@pytest.fixture(scope="session")
+def rect_int8_onnx(rect_onnx: Path, tiny_model: TinyModel, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The rectangular model quantized, calibrated on images letterboxed to its own input."""
+    from vision.export import quantize_int8
+
+    out = tmp_path_factory.mktemp("rect-int8") / "tiny-rect-int8.onnx"
+    return Path(quantize_int8(rect_onnx, tiny_model.train_images[:32], out))

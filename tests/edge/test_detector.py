@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from edge.detector import Detector, ModelError
-from edge.postprocess import postprocess
+from edge.postprocess import NMS_BLOCK, class_aware_nms, postprocess
 from edge.preprocess import letterbox_geometry, preprocess
 
 NAMES = {0: "scratch", 1: "spot", 2: "crack"}
@@ -46,6 +46,23 @@ def test_letterbox_keeps_aspect_and_centres(hw, resized, pad) -> None:
     content[top : 96 - bottom, left : 96 - right] = True
     assert np.all(tensor[0][:, content] == 0), "the frame itself sits inside the padding"
     assert np.all(tensor[0][:, ~content] == grey), "padding is grey 114"
+
+
+@pytest.mark.parametrize(
+    ("hw", "input_hw", "resized", "pad"),
+    [
+        ((480, 640), (256, 320), (240, 320), (0, 8)),  # 4:3 frames in the input exported for them
+        ((640, 480), (256, 320), (256, 192), (64, 0)),  # the camera turned upright
+        ((96, 96), (64, 96), (64, 64), (16, 0)),
+    ],
+)
+def test_letterbox_fills_a_rectangular_input(hw, input_hw, resized, pad) -> None:
+    tensor, geo = preprocess(np.full((*hw, 3), 200, np.uint8), input_hw)
+    assert tensor.shape == (1, 3, *input_hw) and tensor.flags.c_contiguous
+    assert geo.resized_hw == resized and geo.pad == pad
+    (left, top), (h, w) = pad, resized
+    assert np.all(tensor[0, :, top : top + h, left : left + w] == np.float32(200) / np.float32(255))
+    assert np.isclose(tensor[0].sum(), 3 * (h * w * 200 + (np.prod(input_hw) - h * w) * 114) / 255, rtol=1e-5)
 
 
 def test_tensor_is_rgb_scaled_to_unit_range() -> None:
@@ -85,6 +102,24 @@ def test_nms_suppresses_overlapping_boxes_of_one_class_only() -> None:
     assert [(d.cls, round(d.score, 2)) for d in dets] == [(0, 0.9), (2, 0.7), (0, 0.6), (0, 0.5)]
     stricter = postprocess(fake_output(rows), geo, NAMES, conf=0.25, iou=0.5)
     assert [(d.cls, round(d.score, 2)) for d in stricter] == [(0, 0.9), (2, 0.7), (0, 0.6)]
+
+
+def test_nms_keeps_exactly_what_torchvision_keeps() -> None:
+    """Many crowded candidates (several NMS blocks), three classes and tied scores: the same indices
+    in the same order as torchvision's NMS on ultralytics' class-offset boxes."""
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+    rng = np.random.default_rng(0)
+    n = 3 * NMS_BLOCK + 17
+    xy = rng.uniform(0, 300, (n, 2)).astype(np.float32)
+    boxes = np.concatenate((xy, xy + rng.uniform(5, 60, (n, 2)).astype(np.float32)), axis=1)
+    scores = np.round(rng.uniform(0, 1, n), 2).astype(np.float32)  # many ties
+    classes = rng.integers(0, 3, n)
+    for iou in (0.3, 0.7):
+        ours = class_aware_nms(boxes, scores, classes, iou)
+        offset = torch.from_numpy(classes.astype(np.float32))[:, None] * 7680
+        theirs = torchvision.ops.nms(torch.from_numpy(boxes) + offset, torch.from_numpy(scores), iou).numpy()
+        assert len(ours) > NMS_BLOCK and ours.tolist() == theirs.tolist()
 
 
 def test_confidence_threshold_and_max_det() -> None:

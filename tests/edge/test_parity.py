@@ -3,8 +3,10 @@
 Compared with ultralytics' own predictions for the same ONNX file (FP32 and INT8: identical
 input tensors, so boxes and scores must agree to float precision) and for the .pt weights
 (PyTorch vs ONNX Runtime kernels; `rect=False`, because ultralytics letterboxes .pt input to a
-minimal rectangle by default, which a static-shape export cannot do). Frames include
-non-square and upscaled ones, so the mapping back to source pixels is checked too.
+minimal rectangle by default, which a static-shape export cannot do). Each holds for the
+square export and for the export shaped like wide frames (a 64x96 input), whose size the edge
+runtime reads from the model. Frames include square, wide, tall and upscaled ones, so the
+letterbox and the mapping back to source pixels are checked on both inputs.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import pytest
 from edge.detector import Detector
 from edge.preprocess import preprocess
 from edge.types import Detection
+
+RECT_HW = (64, 96)  # the input `rect_onnx` must have: 96 on the long side of 120x200 frames, 64 = 2 strides
 
 CONF = 0.001  # the tiny model scores low: compare everything it proposes
 IOU = 0.7
@@ -94,7 +98,7 @@ def _edge(detector: Detector, image: np.ndarray) -> list[Found]:
     return [(d.cls, d.score, d.box) for d in detector.detect(image)]
 
 
-def _ultralytics(model: Any, image: np.ndarray, imgsz: int, **kwargs: Any) -> list[Found]:
+def _ultralytics(model: Any, image: np.ndarray, imgsz: int | tuple[int, int], **kwargs: Any) -> list[Found]:
     result = model.predict(image, conf=CONF, iou=IOU, imgsz=imgsz, verbose=False, **kwargs)[0]
     boxes = result.boxes
     return [
@@ -118,12 +122,25 @@ def frames(tiny_model) -> list[tuple[str, np.ndarray]]:
     return out
 
 
-@pytest.fixture(scope="module", params=["fp32", "int8"])
+@pytest.fixture(scope="module", params=["square", "rect"])
+def fp32_onnx(request: pytest.FixtureRequest, tiny_model):
+    """(FP32 ONNX file, its input (h, w)): the square export and the one shaped like wide frames."""
+    if request.param == "square":
+        return tiny_model.onnx, (tiny_model.imgsz, tiny_model.imgsz)
+    return request.getfixturevalue("rect_onnx"), RECT_HW
+
+
+ONNX_FIXTURES = {"fp32": None, "int8": "int8_onnx", "rect-fp32": "rect_onnx", "rect-int8": "rect_int8_onnx"}
+
+
+@pytest.fixture(scope="module", params=list(ONNX_FIXTURES))
 def served(request: pytest.FixtureRequest, tiny_model):
-    """(edge detector, ultralytics model) on the same ONNX file."""
-    path = tiny_model.onnx if request.param == "fp32" else request.getfixturevalue("int8_onnx")
+    """(edge detector, ultralytics model, input (h, w)) on the same ONNX file."""
+    fixture = ONNX_FIXTURES[request.param]
+    path = request.getfixturevalue(fixture) if fixture else tiny_model.onnx
+    hw = RECT_HW if request.param.startswith("rect") else (tiny_model.imgsz, tiny_model.imgsz)
     yolo = request.getfixturevalue("yolo")
-    return Detector(path, conf=CONF, iou=IOU), yolo(str(path), task="detect")
+    return Detector(path, conf=CONF, iou=IOU), yolo(str(path), task="detect"), hw
 
 
 def test_model_gives_image_dependent_localised_boxes(tiny_model, frames) -> None:
@@ -140,24 +157,28 @@ def _is_local(d: Detection, image: np.ndarray) -> bool:
     return (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]) < 0.5 * w * h
 
 
-def test_input_tensor_is_bit_identical_to_ultralytics(tiny_model, yolo, frames) -> None:
-    model = yolo(str(tiny_model.onnx), task="detect")
-    model.predict(frames[0][1], imgsz=tiny_model.imgsz, verbose=False)  # builds ultralytics' predictor
+def test_input_tensor_is_bit_identical_to_ultralytics(fp32_onnx, yolo, frames) -> None:
+    path, hw = fp32_onnx
+    detector = Detector(path, conf=CONF, iou=IOU)
+    assert detector.imgsz == hw, "the edge runtime letterboxes to the input the model declares"
+    model = yolo(str(path), task="detect")
+    model.predict(frames[0][1], imgsz=hw, verbose=False)  # builds ultralytics' predictor
     for name, image in frames:
         theirs = model.predictor.preprocess([image]).cpu().numpy()
-        ours, _ = preprocess(image, (tiny_model.imgsz, tiny_model.imgsz))
+        ours, _ = preprocess(image, detector.imgsz)
         assert ours.dtype == np.float32 and ours.flags.c_contiguous
-        assert ours.shape == theirs.shape, name
+        assert ours.shape == theirs.shape == (1, 3, *hw), name
         assert np.array_equal(ours, theirs), f"{name}: {np.abs(ours - theirs).max()} max pixel difference"
 
 
-def test_detections_match_ultralytics_on_the_same_onnx(served, frames, tiny_model) -> None:
-    detector, model = served
+def test_detections_match_ultralytics_on_the_same_onnx(served, frames) -> None:
+    detector, model, hw = served
     assert detector.names == model.names, "class names must survive export and quantization"
+    assert detector.imgsz == hw
     total = compare_frames(
         frames,
         lambda image: _edge(detector, image),
-        lambda image: _ultralytics(model, image, tiny_model.imgsz),
+        lambda image: _ultralytics(model, image, hw),
         score_tol=1e-4,
     )
     assert not total.unmatched, total.unmatched
@@ -165,13 +186,14 @@ def test_detections_match_ultralytics_on_the_same_onnx(served, frames, tiny_mode
     assert total.min_iou >= 0.999 and total.max_score_diff <= 1e-4, total
 
 
-def test_fp32_detections_match_ultralytics_on_the_pt_weights(tiny_model, yolo, frames) -> None:
-    detector = Detector(tiny_model.onnx, conf=CONF, iou=IOU)
+def test_fp32_detections_match_ultralytics_on_the_pt_weights(fp32_onnx, tiny_model, yolo, frames) -> None:
+    path, hw = fp32_onnx
+    detector = Detector(path, conf=CONF, iou=IOU)
     model = yolo(str(tiny_model.pt))
     total = compare_frames(
         frames,
         lambda image: _edge(detector, image),
-        lambda image: _ultralytics(model, image, tiny_model.imgsz, rect=False, device="cpu"),
+        lambda image: _ultralytics(model, image, hw, rect=False, device="cpu"),
         score_tol=2e-3,
     )
     assert not total.unmatched, total.unmatched

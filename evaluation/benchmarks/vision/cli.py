@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 
 from evaluation.benchmarks.command import given_args
 from evaluation.benchmarks.machine import machine_info, package_versions
@@ -67,7 +68,20 @@ def _thread_counts(value: str) -> list[int]:
 @click.option(
     "--epochs", type=click.IntRange(1), default=DEFAULT_EPOCHS, show_default=True, help="Training epochs from scratch."
 )
-@click.option("--imgsz", type=click.IntRange(32), default=320, show_default=True, help="Train/export/inference size.")
+@click.option(
+    "--imgsz",
+    type=click.IntRange(32),
+    default=320,
+    show_default=True,
+    help="Training size, and the long side of the exported input.",
+)
+@click.option(
+    "--input-shape",
+    type=click.Choice(["frames", "square"]),
+    default="frames",
+    show_default=True,
+    help="Exported input: shaped like the training frames (e.g. 320x256 for 640x480 at 320) or imgsz x imgsz.",
+)
 @click.option("--batch", type=click.IntRange(1), default=16, show_default=True, help="Training batch size.")
 @click.option(
     "--weights",
@@ -88,6 +102,13 @@ def _thread_counts(value: str) -> list[int]:
     "--warmup", type=click.IntRange(0), default=10, show_default=True, help="Untimed frames per path before each pass."
 )
 @click.option(
+    "--turn-frames",
+    type=click.IntRange(1),
+    default=8,
+    show_default=True,
+    help="Frames each path times in its turn before the next path's (paths alternate within a pass).",
+)
+@click.option(
     "--wait-idle",
     type=click.FloatRange(0),
     default=60.0,
@@ -105,11 +126,13 @@ def bench_vision(
     out: Path,
     epochs: int,
     imgsz: int,
+    input_shape: str,
     batch: int,
     weights: Path | None,
     threads: str,
     rounds: int,
     warmup: int,
+    turn_frames: int,
     wait_idle: float,
     no_fp16_timing: bool,
     as_json: bool,
@@ -192,12 +215,25 @@ def bench_vision(
     phase("train" if weights is None else "register", t0)
 
     # 3. export
+    from vision.export import onnx_input_hw
     from vision.release import export_version
 
     t0 = time.perf_counter()
-    exported = export_version(settings, registry, version, int8=True, fp16=True, data_yaml=data_yaml)
+    exported = export_version(
+        settings, registry, version, int8=True, fp16=True, data_yaml=data_yaml, square_input=input_shape == "square"
+    )
     models: dict[str, Path] = {"pt": Path(weights_used), **{k: Path(v) for k, v in exported["onnx"].items()}}
-    report["export"] = {"version": version, "variants_on_val": exported["variants"], "preferred": exported["preferred"]}
+    report["export"] = {
+        "version": version,
+        "input_shape": input_shape,
+        "input_hw": {k: list(onnx_input_hw(Path(v))) for k, v in exported["onnx"].items()},
+        "variants_on_val": exported["variants"],
+        "preferred": exported["preferred"],
+    }
+    h, w = report["export"]["input_hw"]["fp32"]
+    if h != w:  # ultralytics' ONNX predict runs what ultralytics exports by default: a square input
+        models["ultralytics_fp32"] = _square_export(Path(weights_used), out / "ultralytics-export", imgsz)
+        report["export"]["ultralytics_fp32"] = {"path": str(models["ultralytics_fp32"]), "input_hw": [imgsz, imgsz]}
     phase("export", t0)
 
     # 4. accuracy on test
@@ -209,10 +245,18 @@ def bench_vision(
     t0 = time.perf_counter()
     frames = decode(split_images(data_yaml, "test"))
     shapes = sorted({f"{f.shape[1]}x{f.shape[0]}" for f in frames})
-    report["frames"] = {"count": len(frames), "shape": ",".join(shapes), "rounds": rounds, "warmup": warmup}
+    report["frames"] = {
+        "count": len(frames),
+        "shape": ",".join(shapes),
+        "rounds": rounds,
+        "warmup": warmup,
+        "turn_frames": turn_frames,
+    }
     timed_models = {k: v for k, v in models.items() if not (k == "fp16" and no_fp16_timing)}
     timing = {
-        n: time_paths(timed_models, imgsz, n, frames, rounds=rounds, warmup=warmup, wait_idle_s=wait_idle)
+        n: time_paths(
+            timed_models, imgsz, n, frames, rounds=rounds, warmup=warmup, wait_idle_s=wait_idle, turn_frames=turn_frames
+        )
         for n in thread_counts
     }
     report["timing"] = timing
@@ -220,7 +264,7 @@ def bench_vision(
 
     # 6. targets, notes, output
     report["targets"] = check_targets(timing, accuracy)
-    report["notes"] += _notes(report["machine"], timing, imgsz)
+    report["notes"] += _notes(report["machine"], timing, imgsz, report["export"], frames)
     seconds["total"] = round(time.perf_counter() - t_all, 1)
     json_path = out / "bench_vision.json"
     report["json"] = str(json_path)
@@ -259,6 +303,19 @@ def _train(
     return res.version, Path(res.weights)
 
 
+def _square_export(weights: Path, folder: Path, imgsz: int) -> Path:
+    """The FP32 ONNX ultralytics makes by default (`export(format="onnx", imgsz=imgsz)`: square)."""
+    import shutil
+
+    from vision.export import export_onnx
+    from vision.training import quiet_ultralytics
+
+    folder.mkdir(parents=True, exist_ok=True)
+    copy = Path(shutil.copy(weights, folder / "best.pt"))  # ultralytics writes its .onnx beside the weights
+    with quiet_ultralytics():
+        return export_onnx(copy, folder / "model.fp32.onnx", imgsz=imgsz)
+
+
 def _accuracy(models: dict[str, Path], data_yaml: Path, imgsz: int) -> dict[str, dict]:
     """mAP, precision and recall of each model on the test split, and its file size."""
     from tqdm import tqdm
@@ -273,7 +330,7 @@ def _accuracy(models: dict[str, Path], data_yaml: Path, imgsz: int) -> dict[str,
     return accuracy
 
 
-def _notes(machine: dict, timing: dict[int, dict], imgsz: int) -> list[str]:
+def _notes(machine: dict, timing: dict[int, dict], imgsz: int, export: dict, frames: list[np.ndarray]) -> list[str]:
     """What a reader needs to interpret the latencies."""
     notes = []
     flags = machine.get("cpu_flags", {})
@@ -290,8 +347,18 @@ def _notes(machine: dict, timing: dict[int, dict], imgsz: int) -> list[str]:
                 notes.append(f"{name} @ {t['threads']} thread(s): {note}")
     if any(t.get("others_cpu_share_max") and t["others_cpu_share_max"] > 0.1 for t in timing.values()):
         notes.append("other processes used >10% of the CPUs during some timing rounds: latencies are noisier")
+    from vision.export import frame_input_hw
+
+    h, w = export["input_hw"]["fp32"]
+    pytorch = ", ".join(f"{pw}x{ph}" for ph, pw in sorted({frame_input_hw(imgsz, f.shape[:2]) for f in frames}))
+    ultra = export.get("ultralytics_fp32")
+    if ultra:
+        ultra_input = f"{ultra['input_hw'][1]}x{ultra['input_hw'][0]} (ultralytics' default export at this imgsz; "
+        ultra_input += "the edge's own file is timed through it too, for information)"
+    else:
+        ultra_input = f"{w}x{h} (the edge's own file)"
     notes.append(
-        "ultralytics PyTorch predict letterboxes to the smallest stride-multiple rectangle (e.g. 320x256 for 640x480 "
-        f"at 320) while the static ONNX exports (ultralytics ONNX predict and edge) always run a {imgsz}x{imgsz} input"
+        f"inputs: edge {w}x{h} (--input-shape {export['input_shape']}); ultralytics PyTorch predict {pytorch} "
+        f"(it letterboxes each frame to the smallest stride-multiple rectangle); ultralytics ONNX predict {ultra_input}"
     )
     return notes

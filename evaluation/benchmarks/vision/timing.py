@@ -1,10 +1,13 @@
 """Timing the inference paths: ultralytics' PyTorch and ONNX predict, and the edge runtime per precision.
 
 Every path is loaded and called once before timing (lazy initialisation is not a per-frame
-cost), then timed in interleaved rounds (every path once per round, in turn, the order
-flipped every round) so a change of load on a shared machine hits them all alike; the other
-processes' CPU share during each round is recorded. The edge paths keep the pre / session.run
-/ post split of every timed frame. It times; it does not judge (see `report`).
+cost), then timed in rounds (a pass over the frames each, after `warmup` untimed frames per
+path) taken in turns of a few frames per path (after one untimed frame: the switch between
+paths costs cold caches and waking thread pools), the order flipped every turn: load on a shared
+machine changes within seconds, and turns of ~a second spread it over all paths alike where
+whole passes per path did not. The other processes' CPU share during each round is recorded.
+The edge paths keep the pre / session.run / post split of every timed frame. It times; it does
+not judge (see `report`).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ log = logging.getLogger(__name__)
 
 PYTORCH_PATH = "ultralytics PyTorch predict"
 ULTRA_ONNX_PATH = "ultralytics ONNX predict (FP32)"
+ULTRA_SAME_FILE_PATH = "ultralytics ONNX predict (FP32, edge's file)"
+EDGE_NO_SPIN_PATH = "edge FP32 (no ORT spin-wait)"
 
 
 def stats(ms: Sequence[float]) -> dict:
@@ -53,7 +58,7 @@ class _Recorder:
     def detect_timed(self, frame: np.ndarray) -> tuple[list, Any]:
         detections, t = self.detector.detect_timed(frame)
         if self.skip:
-            self.skip -= 1  # measure()'s warm-up calls
+            self.skip -= 1  # an untimed warm-up call
         else:
             self.pre.append(t.pre_ms)
             self.run.append(t.run_ms)
@@ -74,29 +79,35 @@ class Lane:
     rounds: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
-    def time_round(self, frames: Sequence[np.ndarray], warmup: int) -> dict:
+    def warm(self, frames: Sequence[np.ndarray], n: int) -> None:
+        """`n` untimed calls."""
+        for i in range(n):
+            if self.call is not None:
+                self.call(frames[i % len(frames)])
+            else:
+                assert self.recorder is not None
+                self.recorder.skip += 1
+                self.recorder.detect_timed(frames[i % len(frames)])
+
+    def time_turn(self, frames: Sequence[np.ndarray]) -> list[float]:
+        """Per-frame milliseconds over `frames`, also kept in `samples`."""
         if self.kind == "edge":
             from edge.bench import measure
 
-            assert self.recorder is not None
-            before = len(self.recorder.run)
-            self.recorder.skip = warmup
-            res = measure(self.recorder, frames, warmup=warmup, repeat=1)  # type: ignore[arg-type]
             r = self.recorder
-            self.samples.extend(
-                p + q + s for p, q, s in zip(r.pre[before:], r.run[before:], r.post[before:], strict=True)
-            )
-            return res.to_json()
-        assert self.call is not None
-        for i in range(warmup):
-            self.call(frames[i % len(frames)])
-        own = []
-        for f in frames:
-            t0 = time.perf_counter()
-            self.call(f)
-            own.append((time.perf_counter() - t0) * 1e3)
+            assert r is not None
+            before = len(r.run)
+            measure(r, frames, warmup=0, repeat=1)  # type: ignore[arg-type]
+            own = [p + q + s for p, q, s in zip(r.pre[before:], r.run[before:], r.post[before:], strict=True)]
+        else:
+            assert self.call is not None
+            own = []
+            for f in frames:
+                t0 = time.perf_counter()
+                self.call(f)
+                own.append((time.perf_counter() - t0) * 1e3)
         self.samples.extend(own)
-        return stats(own)
+        return own
 
     def summary(self) -> dict:
         out = {**stats(self.samples), "rounds": self.rounds, "notes": self.notes}
@@ -139,61 +150,87 @@ def _ort_threads_of(session: Any) -> int | None:
         return None
 
 
-def build_paths(models: dict[str, Path], imgsz: int, threads: int, frames: Sequence[np.ndarray]) -> list[Lane]:
-    """The inference paths at `threads` threads, each loaded and run once."""
+def _ultralytics_onnx_lane(name: str, path: Path, threads: int, torch_threads: int, frame: np.ndarray) -> Lane:
+    """`YOLO(path).predict` with its ONNX Runtime session rebuilt at `threads` intra-op threads."""
     import onnxruntime as ort
     from ultralytics import YOLO
+
+    from vision.export import onnx_input_hw
+
+    model = YOLO(str(path), task="detect")
+    hw = list(onnx_input_hw(path))  # a static export runs only its own input size
+
+    def call(f: np.ndarray) -> Any:
+        return model.predict(f, imgsz=hw, device="cpu", verbose=False)
+
+    lane = Lane(name, "callable", call=call, torch_threads=torch_threads)
+    lane.notes.append(f"{path.name}: a {hw[1]}x{hw[0]} input")
+    call(frame)  # builds the predictor and its ONNX Runtime session (default threads)
+    try:
+        backend = model.predictor.model.backend
+        default_threads = _ort_threads_of(backend.session)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        backend.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        lane.notes.append(
+            f"YOLO(onnx).predict builds its ONNX Runtime session with default options (intra_op_num_threads "
+            f"{default_threads}, i.e. ORT's choice: one per physical core) and has no argument for it; "
+            f"the session was rebuilt here with {threads} intra-op threads "
+            f"(predictor.model.backend.session); its torch side ran with {torch_threads} thread(s), "
+            "ultralytics' own choice (min(8, cpu_count - 1))"
+        )
+    except AttributeError as exc:  # ultralytics changed its internals: time it as it comes
+        lane.notes.append(f"ORT threads NOT controlled ({exc}); ORT default threads used")
+    return lane
+
+
+def build_paths(models: dict[str, Path], imgsz: int, threads: int, frames: Sequence[np.ndarray]) -> list[Lane]:
+    """The inference paths at `threads` threads, each loaded and run once.
+
+    ultralytics' ONNX predict runs `models["ultralytics_fp32"]` (ultralytics' own square export)
+    where given, else the edge's FP32 file; with both, the edge's file through ultralytics is
+    timed too, for information.
+    """
+    from ultralytics import YOLO
+    from ultralytics.utils import NUM_THREADS
 
     from edge.detector import Detector
 
     pt = YOLO(str(models["pt"]), task="detect")
-    ultra_onnx = YOLO(str(models["fp32"]), task="detect")
 
     def pt_call(f: np.ndarray) -> Any:
         return pt.predict(f, imgsz=imgsz, device="cpu", verbose=False)
-
-    def onnx_call(f: np.ndarray) -> Any:
-        return ultra_onnx.predict(f, imgsz=imgsz, device="cpu", verbose=False)
-
-    from ultralytics.utils import NUM_THREADS
 
     paths = [Lane(PYTORCH_PATH, "callable", call=pt_call, torch_threads=threads)]
     # ultralytics' own setting for its torch-side pre/post work: select_device() sets
     # min(8, cpu_count - 1) torch threads; more than that oversubscribes the cores (torch's
     # OpenMP pool beside ORT's), so the baseline keeps ultralytics' choice, capped at n.
     ultra_torch = max(1, min(threads, NUM_THREADS))
-    onnx_path = Lane(ULTRA_ONNX_PATH, "callable", call=onnx_call, torch_threads=ultra_torch)
-    onnx_call(frames[0])  # builds the predictor and its ONNX Runtime session (default threads)
-    try:
-        backend = ultra_onnx.predictor.model.backend
-        default_threads = _ort_threads_of(backend.session)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        backend.session = ort.InferenceSession(str(models["fp32"]), options, providers=["CPUExecutionProvider"])
-        onnx_path.notes.append(
-            f"YOLO(onnx).predict builds its ONNX Runtime session with default options (intra_op_num_threads "
-            f"{default_threads}, i.e. ORT's choice: one per physical core) and has no argument for it; "
-            f"the session was rebuilt here with {threads} intra-op threads "
-            f"(predictor.model.backend.session); its torch side ran with {ultra_torch} thread(s), "
-            "ultralytics' own choice (min(8, cpu_count - 1))"
-        )
-    except AttributeError as exc:  # ultralytics changed its internals: time it as it comes
-        onnx_path.notes.append(f"ORT threads NOT controlled ({exc}); ORT default threads used")
+    ultra_file = models.get("ultralytics_fp32", models["fp32"])
+    onnx_path = _ultralytics_onnx_lane(ULTRA_ONNX_PATH, ultra_file, threads, ultra_torch, frames[0])
     paths.append(onnx_path)
     if ultra_torch < threads:  # informational: the same path with torch also at n threads
         paths.append(
             Lane(
                 f"ultralytics ONNX predict (FP32, torch {threads} thr)",
                 "callable",
-                call=onnx_call,
+                call=onnx_path.call,
                 torch_threads=threads,
                 notes=["info only: torch's and ORT's thread pools share the cores"],
             )
         )
+    if ultra_file != models["fp32"]:  # informational: ultralytics on the very file the edge runs
+        same = _ultralytics_onnx_lane(ULTRA_SAME_FILE_PATH, models["fp32"], threads, ultra_torch, frames[0])
+        same.notes.insert(0, "info only: the edge's own FP32 file, so both run the same graph and input")
+        paths.append(same)
     for precision in ("fp32", "int8", "fp16"):
         if precision in models:
             det = Detector(models[precision], threads=threads)
             paths.append(Lane(f"edge {precision.upper()}", "edge", recorder=_Recorder(det), torch_threads=threads))
+    if threads > 1:  # informational: the setting for cores shared with other work
+        det = Detector(models["fp32"], threads=threads, spin_wait=False)
+        note = "info only: ONNX Runtime workers block instead of spin-waiting (ORT's default, used by the other paths)"
+        paths.append(Lane(EDGE_NO_SPIN_PATH, "edge", recorder=_Recorder(det), torch_threads=threads, notes=[note]))
     for p in paths:  # one untimed call each: lazy initialisation is not a per-frame cost
         p.call(frames[0]) if p.call else p.recorder.detector.detect_timed(frames[0])  # type: ignore[union-attr]
     return paths
@@ -208,6 +245,7 @@ def time_paths(
     rounds: int,
     warmup: int,
     wait_idle_s: float = 0.0,
+    turn_frames: int = 8,
 ) -> dict:
     import cv2
     import torch
@@ -225,20 +263,29 @@ def time_paths(
         )
     watch = CpuWatch()
     load = []
-    bar = tqdm(total=rounds * len(paths), desc=f"timing {threads} thread(s)", unit="path", file=sys.stderr)
+    turns = range(0, len(frames), turn_frames)
+    bar = tqdm(total=rounds * len(turns), desc=f"timing {threads} thread(s)", unit="turn", file=sys.stderr)
     for r in range(rounds):
-        order = paths if r % 2 == 0 else list(reversed(paths))  # alternate order: no path always goes first
-        for p in order:
+        watch.start()
+        for p in paths:
             torch.set_num_threads(p.torch_threads)
-            watch.start()
-            res = p.time_round(frames, warmup)
-            res["torch_threads"] = torch.get_num_threads()
-            res["cpu"] = watch.stop()
-            res["round"] = r
-            p.rounds.append(res)
-            load.append(res["cpu"].get("others_cpu_share"))
-            bar.set_postfix_str(f"{p.name}: {res['median_ms']:.1f} ms")
+            p.warm(frames, warmup)
+        own: dict[str, list[float]] = {p.name: [] for p in paths}
+        seen: dict[str, set[int]] = {p.name: set() for p in paths}  # torch threads after its calls
+        for k, start in enumerate(turns):
+            order = paths if k % 2 == 0 else list(reversed(paths))  # alternate: no path always goes first
+            for p in order:
+                torch.set_num_threads(p.torch_threads)
+                turn = frames[start : start + turn_frames]
+                p.warm(turn, 1)  # untimed: the switch from another path (cold caches, idle pools) is not its cost
+                own[p.name] += p.time_turn(turn)
+                seen[p.name].add(torch.get_num_threads())
             bar.update()
+        cpu = watch.stop()
+        load.append(cpu.get("others_cpu_share"))
+        for p in paths:
+            p.rounds.append({**stats(own[p.name]), "torch_threads": max(seen[p.name]), "cpu": cpu, "round": r})
+        bar.set_postfix_str(", ".join(f"{p.name}: {p.rounds[-1]['median_ms']:.1f}" for p in paths[:2]))
     bar.close()
     out: dict[str, Any] = {"threads": threads, "wait_idle": quiet, "paths": {}}
     for p in paths:
