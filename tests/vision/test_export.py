@@ -67,3 +67,31 @@ def test_export_for_4_3_frames_declares_a_rectangular_input(tmp_path: Path) -> N
     detector = Detector(out)
     assert detector.imgsz == (96, 128), "the edge runtime reads the input size from the exported file"
     detector.detect(np.full((480, 640, 3), 90, np.uint8))  # a 4:3 frame runs through it
+
+
+@pytest.mark.slow
+def test_a_release_is_shaped_like_its_training_frames(tmp_path: Path) -> None:
+    """`vision export` (export_version) reads the training frames' size and exports for it; the
+    square stays one option away, and both variants score on the validation set."""
+    pytest.importorskip("mlflow")
+    from shared.config import Settings
+    from shared.metadata.store import MetadataStore
+    from vision.datasets.synth import generate
+    from vision.registry import ModelRegistry
+    from vision.release import export_version
+    from vision.training import train_detector
+
+    settings = Settings(home=tmp_path / "home", train_threads=2)
+    data = generate(tmp_path / "data", train=8, val=4, imgsz=128, seed=3)
+    for image in (tmp_path / "data" / "images").rglob("*.*"):  # 4:3 frames; YOLO labels are relative
+        cv2.imwrite(str(image), cv2.resize(cv2.imread(str(image)), (128, 96)))
+    registry = ModelRegistry.from_settings(settings)
+    res = train_detector(
+        settings, MetadataStore(settings.resolved_database_url), registry, data=data, epochs=1, imgsz=128, batch=4
+    )
+
+    shaped = export_version(settings, registry, res.version)
+    assert onnx_input_hw(Path(shaped["onnx"]["fp32"])) == (96, 128)
+    square = export_version(settings, registry, res.version, square_input=True)
+    assert onnx_input_hw(Path(square["onnx"]["fp32"])) == (128, 128)
+    assert all(v["mAP50"] is not None for v in shaped["variants"].values())
