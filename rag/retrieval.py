@@ -51,7 +51,9 @@ class Retriever:
         if info is not None and info != mine:
             raise EmbeddingMismatch(
                 f"the index was built with '{info.embedding_model}' (dim {info.dim}) but queries "
-                f"would be embedded with '{mine.embedding_model}' (dim {mine.dim}); refusing to answer"
+                f"would be embedded with '{mine.embedding_model}' (dim {mine.dim}); refusing to answer. "
+                "Set LOOPLINE_EMBEDDING_RUNTIME / LOOPLINE_EMBEDDING_PRECISION back to what built it, or "
+                "re-ingest into a new collection (LOOPLINE_COLLECTION)"
             )
         self._model_checked = info is not None
 

@@ -75,7 +75,9 @@ class VectorStore(ABC):
             raise EmbeddingMismatch(
                 f"the collection was built with embedding model '{current.embedding_model}' "
                 f"(dim {current.dim}); refusing '{info.embedding_model}' (dim {info.dim}). "
-                "Re-ingest into a new collection (LOOPLINE_COLLECTION) to switch models."
+                "Re-ingest into a new collection (LOOPLINE_COLLECTION) to switch models, or set "
+                "LOOPLINE_EMBEDDING_RUNTIME / LOOPLINE_EMBEDDING_PRECISION back to what built it "
+                "(`loopline rag embedding-model` shows what this configuration uses)."
             )
 
     @abstractmethod
