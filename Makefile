@@ -13,7 +13,7 @@ export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 export RAGAS_DO_NOT_TRACK := true
 
-.PHONY: setup demo test lint serve clean bench-rag browser
+.PHONY: setup demo test lint serve clean bench-rag browser ocr
 
 setup: $(STAMP) $(LS_STAMP)
 
@@ -50,7 +50,11 @@ demo: setup
 browser:
 	command -v chromium >/dev/null 2>&1 || apt-get install -y -q chromium || (apt-get update -q && apt-get install -y -q chromium)
 
-test: setup lint browser
+# Tesseract reads scanned PDF pages and PNG/JPEG documents (rag/ocr.py); without it they are dead letters.
+ocr:
+	command -v tesseract >/dev/null 2>&1 || apt-get install -y -q tesseract-ocr tesseract-ocr-eng || (apt-get update -q && apt-get install -y -q tesseract-ocr tesseract-ocr-eng)
+
+test: setup lint browser ocr
 	$(PY) -m pytest -q
 
 # ruff (configured in pyproject.toml): lint and formatting are checked, not rewritten.

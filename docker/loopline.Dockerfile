@@ -28,6 +28,10 @@ FROM python:3.11-slim-bookworm AS central
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore PYTHONUNBUFFERED=1 \
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false \
     LOOPLINE_HOME=/data LOOPLINE_HOST=0.0.0.0 LOOPLINE_PORT=8000
+# Tesseract: OCR of scanned PDF pages and PNG/JPEG documents (without it they are dead letters).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends tesseract-ocr tesseract-ocr-eng \
+    && rm -rf /var/lib/apt/lists/*
 RUN --mount=type=cache,target=/root/.cache/pip \
     pip install --index-url https://download.pytorch.org/whl/cpu torch==2.14.1 torchvision==0.29.1
 COPY --from=source /app /app

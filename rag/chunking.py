@@ -8,8 +8,9 @@ chunk knows its section; then SentenceSplitter enforces size and overlap.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any
 
 from llama_index.core import Document
 from llama_index.core.node_parser import MarkdownNodeParser, SentenceSplitter
@@ -24,6 +25,7 @@ class TextChunk:
     index: int
     section: str
     text: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # the document's, e.g. OCR confidence
 
     def embedding_text(self, title: str) -> str:
         """What gets embedded: the title and section give a chunk its context."""
@@ -70,7 +72,9 @@ class Chunker:
                 continue
             for piece in self.splitter.split_text(body):
                 if piece.strip():
-                    chunks.append(TextChunk(index=len(chunks), section=section, text=piece.strip()))
+                    chunks.append(
+                        TextChunk(index=len(chunks), section=section, text=piece.strip(), metadata=doc.metadata)
+                    )
         return chunks
 
 

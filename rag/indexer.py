@@ -78,6 +78,7 @@ class RagIndexer:
                         "section": ch.section,
                         "chunk_index": ch.index,
                         "text": ch.text,
+                        **ch.metadata,
                     },
                 )
             )

@@ -1,6 +1,7 @@
 """Document loaders: a file on disk → title and text sections, or a clear rejection.
 
-PDF and DOCX go through llama-index's file readers, HTML through BeautifulSoup (scripts,
+PDF and DOCX go through llama-index's file readers (a PDF without a text layer, and PNG/JPEG
+images, through OCR: rag.ocr), HTML through BeautifulSoup (scripts,
 styles and other non-content elements dropped); Markdown and plain text are decoded strictly
 (UTF-8) so binary junk is refused rather than indexed as noise. Every failure raises
 `Rejected` with a reason a user can act on; it becomes a dead letter. Limits on what a file
@@ -13,12 +14,14 @@ import logging
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shared.ingestion import Rejected
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}  # read by OCR (rag.ocr)
+SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx", *IMAGE_SUFFIXES}
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
 
@@ -36,7 +39,7 @@ class LoadedDocument:
     title: str
     text: str
     markdown: bool = False
-    metadata: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)  # goes with every chunk (e.g. OCR confidence)
 
 
 def load_document(path: Path, limits: LoadLimits = LoadLimits()) -> LoadedDocument:
@@ -52,6 +55,8 @@ def load_document(path: Path, limits: LoadLimits = LoadLimits()) -> LoadedDocume
         doc = _load_html(path)
     elif suffix == ".pdf":
         doc = _load_pdf(path)
+    elif suffix in IMAGE_SUFFIXES:
+        doc = _load_image(path)
     else:
         doc = _load_docx(path, limits.max_unpacked_bytes)
     if not doc.text.strip():
@@ -118,6 +123,12 @@ def _load_pdf(path: Path) -> LoadedDocument:
     except Exception as exc:  # pypdf raises many types for broken files
         raise Rejected(f"corrupt PDF: {type(exc).__name__}: {exc}") from None
     text = "\n\n".join(p.text for p in pages)
+    metadata: dict[str, Any] = {}
+    if not text.strip():  # no text layer: a scan
+        from rag.ocr import read_pdf_pages
+
+        ocr = read_pdf_pages(path)
+        text, metadata = ocr.text, ocr.metadata
     title = _title_from_name(path)
     try:
         from pypdf import PdfReader
@@ -127,7 +138,22 @@ def _load_pdf(path: Path) -> LoadedDocument:
             title = str(meta_title).strip()
     except Exception:  # metadata is optional; the text already loaded
         log.debug("no PDF metadata title for %s", path)
-    return LoadedDocument(title=title, text=text)
+    return LoadedDocument(title=title, text=text, metadata=metadata)
+
+
+def _load_image(path: Path) -> LoadedDocument:
+    from PIL import Image, UnidentifiedImageError
+
+    from rag.ocr import MAX_PIXELS, read_image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(path) as image:
+            image.load()
+            ocr = read_image(image, what="this image")
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
+        raise Rejected(f"not a readable image: {exc}") from None
+    return LoadedDocument(title=_title_from_name(path), text=ocr.text, metadata=ocr.metadata)
 
 
 def _load_docx(path: Path, max_unpacked_bytes: int) -> LoadedDocument:

@@ -19,6 +19,7 @@ cluster, whose nodes must have loopline installed and read the folder at the sam
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -127,7 +128,8 @@ class ParseAndEmbed:
         self.embedder = make_embedder(settings)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        out: dict[str, list] = {k: [] for k in ("path", "title", "sections", "texts", "vectors", "rejected")}
+        keys = ("path", "title", "sections", "texts", "metadata", "vectors", "rejected")
+        out: dict[str, list] = {k: [] for k in keys}
         texts: list[str] = []
         spans: list[tuple[int, int]] = []
         for rel, abs_path in zip(batch["path"], batch["abs_path"], strict=True):
@@ -136,6 +138,7 @@ class ParseAndEmbed:
             out["title"].append(title)
             out["sections"].append([c.section for c in chunks])
             out["texts"].append([c.text for c in chunks])
+            out["metadata"].append(json.dumps(chunks[0].metadata if chunks else {}))  # the document's (OCR)
             out["rejected"].append(rejected)
             spans.append((len(texts), len(texts) + len(chunks)))
             texts.extend(c.embedding_text(title) for c in chunks)
@@ -211,8 +214,9 @@ class _Results:
             row = next(self._rows, None)
             if row is None:
                 return None
+            metadata = json.loads(str(row["metadata"]))
             chunks = [
-                TextChunk(index=i, section=str(section), text=str(text))
+                TextChunk(index=i, section=str(section), text=str(text), metadata=metadata)
                 for i, (section, text) in enumerate(zip(row["sections"], row["texts"], strict=True))
             ]
             self._waiting[str(row["path"])] = DocumentResult(

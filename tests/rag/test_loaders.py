@@ -53,7 +53,8 @@ def test_html_title_and_body(tmp_path: Path) -> None:
         ("latin.md", "caf\xe9 au lait".encode("latin-1"), "UTF-8"),
         ("blank.md", b"   \n\n  ", "empty"),
         ("report.docx", b"not a zip", "DOCX"),
-        ("photo.png", b"\x89PNG\r\n", "unsupported file type"),
+        ("photo.png", b"\x89PNG\r\n", "not a readable image"),
+        ("table.csv", b"a,b\n1,2\n", "unsupported file type"),
     ],
 )
 def test_broken_files_are_rejected_with_a_reason(tmp_path: Path, name: str, content: bytes, reason: str) -> None:
