@@ -9,7 +9,6 @@ existed, rather than indexed as empty.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,7 +41,6 @@ def read_image(image: Any, *, what: str) -> OcrText:
     """OCR of a PIL image, lines kept; Rejected when Tesseract is missing or finds no word."""
     import pytesseract
 
-    os.environ.setdefault("OMP_THREAD_LIMIT", "1")  # the parse worker is one process of a shared machine
     if image.width * image.height > MAX_PIXELS:
         raise Rejected(f"{what} is {image.width}x{image.height} pixels, over the OCR limit of {MAX_PIXELS:,}")
     try:
