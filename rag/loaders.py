@@ -142,17 +142,21 @@ def _load_pdf(path: Path) -> LoadedDocument:
 
 
 def _load_image(path: Path) -> LoadedDocument:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     from rag.ocr import MAX_PIXELS, read_image
 
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-    try:
-        with Image.open(path) as image:
-            image.load()
-            ocr = read_image(image, what="this image")
-    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
-        raise Rejected(f"not a readable image: {exc}") from None
+    try:  # only the decoders of the supported types; ultralytics, once imported, wraps Image.open
+        with Image.open(path, formats=["PNG", "JPEG"]) as opened:
+            opened.load()
+            image = opened.copy()
+    except Exception as exc:  # noqa: BLE001 - a broken file raises many types; all mean the same here
+        log.debug("%s: %s: %s", path, type(exc).__name__, exc)
+        raise Rejected(
+            f"not a readable image (the {path.suffix.lower()} file does not decode as PNG or JPEG)"
+        ) from None
+    ocr = read_image(image, what="this image")
     return LoadedDocument(title=_title_from_name(path), text=ocr.text, metadata=ocr.metadata)
 
 
