@@ -134,14 +134,15 @@ def export_version(
     data_yaml = data_yaml or _data_of(registry, mv.version)
     variants = 1 + int8 + fp16
     step = _Steps(on_step, total=variants * 3 + 2)  # make, score and time each; reference; choose and record
-    frame_hw = None if square_input else typical_frame_hw(_val_images(data_yaml, "train"))
+    train_images = _val_images(data_yaml, "train")  # listed once: input shape, calibration, reference
+    frame_hw = None if square_input else typical_frame_hw(train_images)
     shape = f", shaped like {frame_hw[1]}x{frame_hw[0]} frames" if frame_hw and frame_hw[0] != frame_hw[1] else ""
     with step(f"export FP32 ONNX ({imgsz} px{shape})"):
         onnx: dict[str, Path] = {
             "fp32": export_onnx(weights, folder / "model.fp32.onnx", imgsz=imgsz, frame_hw=frame_hw)
         }
     if int8:
-        calib = _val_images(data_yaml, "train")[:calibration_count]
+        calib = train_images[:calibration_count]
         with step(f"quantize INT8 (static QDQ, calibrated on {len(calib)} training images)"):
             onnx["int8"] = quantize_int8(onnx["fp32"], calib, folder / "model.int8.onnx")
     if fp16:
@@ -165,8 +166,7 @@ def export_version(
             "mAP50-95": acc["mAP50-95"],
             "latency_ms": latency,
         }
-    train = _val_images(data_yaml, "train")
-    train = train[:: max(1, math.ceil(len(train) / REFERENCE_IMAGES))]  # spread over the whole split
+    train = train_images[:: max(1, math.ceil(len(train_images) / REFERENCE_IMAGES))]  # spread over the whole split
     with step(f"count the input reference (frame quality of {len(train)} training images)") as found:
         reference_path, used = write_reference(folder, train)
         if reference_path is not None:
