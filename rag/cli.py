@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from rag.table_cli import ingest_table
 from shared.config import Settings
 
 if TYPE_CHECKING:
@@ -89,7 +90,10 @@ def open_backend(settings: Settings) -> Iterator[tuple[str, object]]:
 
 @click.group()
 def rag() -> None:
-    """Document Q&A: ingest folders, ask questions with citations."""
+    """Document Q&A: ingest folders and tables, ask questions with citations."""
+
+
+rag.add_command(ingest_table)
 
 
 class _IngestBar:

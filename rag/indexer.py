@@ -1,4 +1,4 @@
-"""The RAG side of ingestion: file → chunks → dense + BM25 vectors → vector store.
+"""The RAG side of ingestion: file (or record) → chunks → dense + BM25 vectors → vector store.
 
 Implements the ingestion core's `Indexer`. Files are loaded and chunked by `parse` (in
 the service, `rag.parsing.parse_file` in a time-limited worker process). A new version of a document is written before
@@ -18,7 +18,7 @@ from rag.embeddings import Embedder
 from rag.parsing import ParsedDocument
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import ChunkPoint, CollectionInfo, VectorStore
-from shared.ingestion import Prepared, SourceItem
+from shared.ingestion import Prepared, Rejected, SourceItem
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,22 @@ class RagIndexer:
         embedder: Embedder,
         parse: Callable[[Path], ParsedDocument],
         sparse: Bm25Encoder | None,
+        parse_text: Callable[[str, str], ParsedDocument] | None = None,
     ) -> None:
         self.store = store
         self.embedder = embedder
         self.parse = parse
+        self.parse_text = parse_text
         self.sparse = sparse
         self.store.ensure_collection(CollectionInfo(embedder.name, embedder.dim))
 
     def prepare(self, item: SourceItem, content_hash: str, groups: list[str]) -> Prepared:
-        doc = self.parse(item.abs_path)
+        if item.abs_path is not None:
+            doc = self.parse(item.abs_path)
+        elif self.parse_text is not None:  # a record: its text is inline, titled by the record or its key
+            doc = self.parse_text(item.title or item.path, item.text or "")
+        else:
+            raise Rejected("this index takes files only")
         return Prepared(
             item=item,
             content_hash=content_hash,

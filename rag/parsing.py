@@ -1,4 +1,4 @@
-"""One file → title and chunks, within the per-document limits; what the parse worker runs.
+"""One file (or a record's text) → title and chunks, within the per-document limits; what the parse worker runs.
 
 This is the part of ingestion that reads untrusted bytes, so it runs in the ingestion core's
 `ParseWorker` child process (killed at LOOPLINE_PARSE_TIMEOUT_S). Everything it needs is in
@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from rag.chunking import Chunker, TextChunk
-from rag.loaders import LoadLimits, load_document
+from rag.loaders import LoadedDocument, LoadLimits, load_document
 from shared.ingestion import Rejected
 
 
@@ -37,7 +37,22 @@ def _chunker(chunk_size: int, chunk_overlap: int) -> Chunker:
 
 def parse_file(path: Path, spec: ParseSpec) -> ParsedDocument:
     """Load and chunk one file; raises Rejected with the reason (and the limit) a user can act on."""
-    doc = load_document(path, spec.limits)
+    return _chunk(load_document(path, spec.limits), spec)
+
+
+def parse_text(title: str, text: str, spec: ParseSpec) -> ParsedDocument:
+    """Chunk a record's text (a table row, an event), read as Markdown, within the same limits."""
+    if len(text) > spec.limits.max_chars:
+        raise Rejected(
+            f"has {len(text):,} characters of text, over the limit of {spec.limits.max_chars:,} "
+            "(raise LOOPLINE_MAX_DOCUMENT_CHARS to accept it)"
+        )
+    if not text.strip():
+        raise Rejected("no text (the text is empty or only whitespace)")
+    return _chunk(LoadedDocument(title=title, text=text, markdown=True), spec)
+
+
+def _chunk(doc: LoadedDocument, spec: ParseSpec) -> ParsedDocument:
     chunks = _chunker(spec.chunk_size, spec.chunk_overlap).split(doc)
     if not chunks:
         raise Rejected("no text could be extracted (empty document)")

@@ -30,13 +30,13 @@ from rag.feedback import FeedbackStore
 from rag.indexer import RagIndexer
 from rag.loaders import LoadLimits
 from rag.models import Answer, Timings
-from rag.parsing import ParsedDocument, ParseSpec, parse_file
+from rag.parsing import ParsedDocument, ParseSpec, parse_file, parse_text
 from rag.retrieval import Retriever
 from rag.sparse import Bm25Encoder
 from rag.vectorstore import VectorStore, open_vector_store
 from shared.auth import Principal
 from shared.config import Settings
-from shared.ingestion import IngestPipeline, RunSummary, file_item, folder_source
+from shared.ingestion import IngestPipeline, RunSummary, SourceItem, file_item, folder_source
 from shared.ingestion.pipeline import ProgressCallback
 from shared.ingestion.worker import ParseWorker
 from shared.metadata import MetadataStore
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 DRIFT_STREAM = "rag"
-INGEST_KINDS = ("ingest", "sync", "upload")
+INGEST_KINDS = ("ingest", "sync", "upload", "table", "stream")
 SHUTDOWN_WAIT_S = 10.0
 
 
@@ -161,13 +161,19 @@ class RagService:
     def pipeline(self) -> IngestPipeline:
         with self._init_lock:
             if self._pipeline is None:
-                indexer = RagIndexer(self.store, self._embedder_factory(), self.parse, self.sparse)
+                indexer = RagIndexer(
+                    self.store, self._embedder_factory(), self.parse, self.sparse, parse_text=self.parse_record
+                )
                 self._pipeline = IngestPipeline(self.metadata, indexer, max_file_bytes=self.settings.max_file_bytes)
             return self._pipeline
 
     def parse(self, path: Path) -> ParsedDocument:
         """Load and chunk one file in the parse worker, within the configured limits."""
         return self._parse_worker.run(parse_file, path, self._parse_spec)
+
+    def parse_record(self, title: str, text: str) -> ParsedDocument:
+        """Chunk a record's text here: no untrusted bytes to decode, the same limits as files."""
+        return parse_text(title, text, self._parse_spec)
 
     def _interrupt_orphaned_runs(self) -> None:
         """Runs a dead process left `running` become `interrupted`.
@@ -221,6 +227,24 @@ class RagService:
     ) -> RunSummary:
         with self._ingest_lock:
             return self.pipeline.ingest(Path(path), groups, kind=kind, progress=progress)
+
+    def ingest_records(
+        self,
+        source: str,
+        items: Sequence[SourceItem],
+        *,
+        removed: Sequence[str] = (),
+        groups: Sequence[str] = ("public",),
+        complete: bool = False,
+        kind: str = "stream",
+        progress: ProgressCallback | None = None,
+    ) -> RunSummary:
+        """Index records of a table or a stream (their own groups where they carry them) and drop
+        the `removed` keys; with `complete`, the items are all the source has (a snapshot)."""
+        with self._ingest_lock:
+            return self.pipeline.ingest_items(
+                source, items, groups, complete=complete, kind=kind, progress=progress, removed=removed
+            )
 
     def ingest_upload(
         self, filename: str, data: bytes, groups: Sequence[str], *, replace: bool = False

@@ -7,6 +7,7 @@ letters, and every run is recorded. It knows nothing about chunks, embeddings or
 
 from shared.ingestion.changes import ChangePlan, plan_changes
 from shared.ingestion.pipeline import Cancelled, Indexer, IngestPipeline, Prepared, Rejected, RunSummary
+from shared.ingestion.records import item_hash, record_item
 from shared.ingestion.schema import SchemaError, validate_record
 from shared.ingestion.sources import (
     SourceItem,
@@ -27,6 +28,8 @@ __all__ = [
     "Prepared",
     "Rejected",
     "RunSummary",
+    "item_hash",
+    "record_item",
     "SchemaError",
     "validate_record",
     "SourceItem",

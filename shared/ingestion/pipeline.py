@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from shared.ingestion.changes import plan_changes
-from shared.ingestion.sources import SourceItem, scan_source, sha256_file
+from shared.ingestion.records import item_hash
+from shared.ingestion.sources import SourceItem, scan_source
 from shared.metadata.store import MetadataStore
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,13 @@ class IngestPipeline:
         complete: bool,
         kind: str = "ingest",
         progress: ProgressCallback | None = None,
+        removed: Sequence[str] = (),
     ) -> RunSummary:
+        """Index `items` of `source`; `complete` means the source has nothing else (the rest is
+        deleted), `removed` names items deleted at the source (a table's deleted rows).
+
+        Records carry their own groups when they have them (`SourceItem.groups`), files get `groups`.
+        """
         import time
 
         t0 = time.perf_counter()
@@ -148,7 +155,7 @@ class IngestPipeline:
         run_id = self.store.start_run(source, kind)
         summary = RunSummary(run_id=run_id, source=source, status="running")
         try:
-            self._run(summary, items, groups, complete, progress)
+            self._run(summary, items, groups, complete, progress, removed)
         except BaseException as exc:  # record, then let it propagate (Ctrl-C included)
             summary.status = "interrupted" if isinstance(exc, (KeyboardInterrupt, Cancelled)) else "failed"
             summary.error = f"{type(exc).__name__}: {exc}"
@@ -171,23 +178,33 @@ class IngestPipeline:
         groups: list[str],
         complete: bool,
         progress: ProgressCallback | None,
+        removed: Sequence[str] = (),
     ) -> None:
         indexed = self.store.documents_of_source(summary.source)
         by_path = {it.path: it for it in items}
+        readers = {it.path: list(it.groups) if it.groups is not None else groups for it in items}
         hashes: dict[str, str] = {}
         total = len(items)
         done = 0
+        broken: list[str] = []
         for it in items:
+            if it.invalid is not None:
+                self._dead_letter(summary, it, it.invalid)
+                broken.append(it.path)
+                done += 1
+                continue
             try:
-                hashes[it.path] = sha256_file(it.abs_path)
+                hashes[it.path] = item_hash(it)
             except OSError as exc:
                 self._dead_letter(summary, it, f"cannot read file: {exc.strerror or exc}")
                 done += 1
         plan = plan_changes(
             {p: _fingerprint(d.content_hash, d.groups) for p, d in indexed.items()},
-            {p: _fingerprint(h, groups) for p, h in hashes.items()},
+            {p: _fingerprint(h, readers[p]) for p, h in hashes.items()},
             complete=complete,
         )
+        # Gone at the source, or a broken new version there: the old one must not linger.
+        plan.deleted = sorted({*plan.deleted, *(p for p in (*removed, *broken) if p in indexed and p not in hashes)})
         summary.unchanged = len(plan.unchanged)
         done += len(plan.unchanged)
         if progress:
@@ -206,7 +223,7 @@ class IngestPipeline:
             self._check_cancelled()
             it = by_path[path]
             try:
-                prepared = self._prepare(it, hashes[path], groups)
+                prepared = self._prepare(it, hashes[path], readers[path])
             except Rejected as rej:
                 self._dead_letter(summary, it, rej.reason)
                 if path in indexed:  # a broken new version: the old one must not linger
@@ -233,11 +250,12 @@ class IngestPipeline:
             raise Cancelled("the service is shutting down; the next run continues where this one stopped")
 
     def _prepare(self, it: SourceItem, content_hash: str, groups: list[str]) -> Prepared:
+        what = "record" if it.is_record else "file"
         if it.size_bytes == 0:
-            raise Rejected("empty file")
+            raise Rejected(f"empty {what}")
         if it.size_bytes > self.max_file_bytes:
             raise Rejected(
-                f"file is {it.size_bytes:,} bytes, over the limit of {self.max_file_bytes:,} "
+                f"{what} is {it.size_bytes:,} bytes, over the limit of {self.max_file_bytes:,} "
                 "(raise LOOPLINE_MAX_FILE_BYTES to accept it)"
             )
         return self.indexer.prepare(it, content_hash, groups)

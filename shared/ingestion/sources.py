@@ -2,7 +2,8 @@
 
 An item is identified by (source, path) — the source names the ingested root, the path is
 relative to it — and versioned by the sha256 of its bytes. Uploads are written to a folder
-by the API and ingested as the `upload` source.
+by the API and ingested as the `upload` source. Records (table rows, events) are items too,
+their text inline instead of in a file: see records.py.
 """
 
 from __future__ import annotations
@@ -33,12 +34,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One file of a source, as found on disk."""
+    """One file of a source as found on disk, or one record with its text inline."""
 
     source: str
-    path: str  # relative to the source root, with forward slashes
-    abs_path: Path
+    path: str  # relative to the source root, with forward slashes; a record's key
+    abs_path: Path | None
     size_bytes: int
+    text: str | None = None  # a record's content (files have abs_path instead)
+    title: str = ""
+    groups: tuple[str, ...] | None = None  # a record's own readers; None: the run's groups
+    invalid: str | None = None  # why the source could not read this record: it becomes a dead letter
 
     @property
     def doc_id(self) -> str:
@@ -46,7 +51,11 @@ class SourceItem:
 
     @property
     def suffix(self) -> str:
-        return self.abs_path.suffix.lower()
+        return self.abs_path.suffix.lower() if self.abs_path is not None else ""
+
+    @property
+    def is_record(self) -> bool:
+        return self.abs_path is None
 
 
 def folder_source(root: Path) -> str:
@@ -58,6 +67,8 @@ def source_name(source: str) -> str:
     kind, sep, location = source.partition(":")
     if kind == "folder" and sep:
         return Path(location).name or location
+    if kind == "table" and sep:  # table:host:port/database/schema.table → database/schema.table
+        return location.split("/", 1)[-1]
     return source
 
 

@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.metadata.migrate import upgrade_to_head
-from shared.metadata.tables import DeadLetter, DocumentGroup, DocumentRow, IngestRun, utcnow
+from shared.metadata.tables import DeadLetter, DocumentGroup, DocumentRow, IngestRun, SourcePosition, utcnow
 
 RUN_COUNTERS = ("added", "updated", "unchanged", "deleted", "failed", "chunks")
 
@@ -238,11 +238,29 @@ class MetadataStore:
                 q = q.where(DeadLetter.run_id == run_id)
             return list(s.scalars(q))
 
+    # --- positions of streamed sources ---------------------------------------------------
+    def source_position(self, source: str) -> SourcePosition | None:
+        with self.session() as s:
+            return s.get(SourcePosition, source)
+
+    def save_source_position(self, source: str, *, kind: str, position: str, state: dict) -> None:
+        """Record how far `source` was read (after its changes reached the index)."""
+        with self.session() as s, s.begin():
+            row = s.get(SourcePosition, source)
+            if row is None:
+                row = SourcePosition(source=source, kind=kind)
+                s.add(row)
+            row.kind, row.position, row.state, row.updated_at = kind, position, dict(state), utcnow()
+
+    def forget_source_position(self, source: str) -> bool:
+        with self.session() as s, s.begin():
+            return bool(s.execute(delete(SourcePosition).where(SourcePosition.source == source)).rowcount)
+
     def purge_all(self) -> None:
         """Delete every document, run and dead letter (tests).
 
         Other packages' tables are theirs to empty (`FeedbackStore.purge`, `DatasetVersionStore.purge`).
         """
         with self.session() as s, s.begin():
-            for table in (DeadLetter, DocumentGroup, DocumentRow, IngestRun):
+            for table in (DeadLetter, DocumentGroup, DocumentRow, IngestRun, SourcePosition):
                 s.execute(delete(table))

@@ -1,7 +1,7 @@
 """The ingestion core's tables and the declarative `Base` every package puts its tables on.
 
-Documents (with their reading groups), ingest runs and dead letters: what the ingestion core
-needs. The verticals and the monitoring core define their own tables on the same `Base`
+Documents (with their reading groups), ingest runs, dead letters and the positions of streamed
+sources: what the ingestion core needs. The verticals and the monitoring core define their own tables on the same `Base`
 (rag/feedback.py, vision/datasets/version_store.py, shared/monitoring/*_store.py), so one
 database and one migration chain (shared/metadata/migrations/) hold them all. Portable
 across SQLite and PostgreSQL. A change to any table needs a migration: see migrate.py.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from sqlalchemy import DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -85,3 +85,20 @@ class DeadLetter(Base):
     path: Mapped[str] = mapped_column(String(1024))
     reason: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class SourcePosition(Base):
+    """Where a streamed source was read up to, and what its schema looked like then.
+
+    A table followed by change data capture keeps its replication position and column types
+    here (the polling fallback its updated-at watermark); written only after the index write,
+    so a crash replays from the last acknowledged position.
+    """
+
+    __tablename__ = "source_positions"
+
+    source: Mapped[str] = mapped_column(String(512), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    position: Mapped[str] = mapped_column(String(256), default="")
+    state: Mapped[dict] = mapped_column(JSON, default=dict)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,7 +1,8 @@
 """Freshness SLOs: how long ago each source was last brought up to date, against its target.
 
 A source's age is the time since its last successful run ('succeeded' or 'partial') of the
-counted kinds (`ingest` and `sync` by default; uploads are pushed by people, not synced).
+counted kinds (`ingest`, `sync`, `table` and `stream` by default; uploads are pushed by people,
+not synced).
 A source that never succeeded breaches its SLO once its first counted run started longer
 ago than the SLO (a first sync still running is not stale; a failing one soon is). The SLO is
 `default_slo_h` unless an entry of `sources` matches the source name (a glob, first match
@@ -53,7 +54,10 @@ class FreshnessSLOs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     default_slo_h: float = Field(24.0, gt=0)
-    kinds: list[str] = Field(default_factory=lambda: ["ingest", "sync"], description="Run kinds that refresh a source.")
+    kinds: list[str] = Field(
+        default_factory=lambda: ["ingest", "sync", "table", "stream"],
+        description="Run kinds that refresh a source (table: change data capture; stream: events).",
+    )
     sources: list[FreshnessOverride] = Field(default_factory=list)
 
     def slo_s(self, source: str) -> float | None:

@@ -1,0 +1,206 @@
+"""`loopline rag ingest-table`: a PostgreSQL table's rows as documents, kept current.
+
+Without `--follow`: one catch-up (the snapshot the first time, the changes since the last
+acknowledged position after that), then the counts. With it: the same, again and again, until
+SIGINT or SIGTERM. A table whose columns no longer match the declaration stops the command
+with the reason, a failed run and a `source_schema` alert (resolved by the next good catch-up).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from typing import TYPE_CHECKING
+
+import click
+
+from shared.config import Settings
+
+if TYPE_CHECKING:
+    from shared.ingestion.pg_cdc import CatchUp
+
+SCHEMA_ALERT = "source_schema"
+
+
+@click.command("ingest-table")
+@click.argument("dsn")
+@click.option("--table", required=True, help="The table: name or schema.name.")
+@click.option("--id", "id_col", required=True, help="Column with each row's unique id (the primary key for CDC).")
+@click.option("--text", "text_col", required=True, help="Column with the text to index (read as Markdown).")
+@click.option("--title", "title_col", default=None, help="Column with the title.")
+@click.option(
+    "--groups",
+    "groups_col",
+    default=None,
+    help="Column with the groups that may read the row (text[] or comma-separated text); rows without: --default-groups.",
+)
+@click.option(
+    "--updated-at", "updated_col", default=None, help="Timestamp column the polling fallback follows (needed there)."
+)
+@click.option(
+    "--default-groups", default="public", show_default=True, help="Groups of rows that name none (comma-separated)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["auto", "cdc", "poll"]),
+    default="auto",
+    show_default=True,
+    help="cdc: logical replication (deletes too); poll: the updated-at column (deletes only at a snapshot); "
+    "auto: cdc when the server and role allow it.",
+)
+@click.option("--follow", is_flag=True, help="Keep streaming changes until stopped (Ctrl-C, SIGTERM).")
+@click.option(
+    "--interval",
+    type=click.FloatRange(0.05),
+    default=None,
+    help="With --follow: seconds between looks when idle (default 0.25 for cdc, 5 for poll).",
+)
+@click.option(
+    "--drop", is_flag=True, help="Retire this source at PostgreSQL: drop its replication slot and publication."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print each catch-up as one JSON object.")
+def ingest_table(
+    dsn: str,
+    table: str,
+    id_col: str,
+    text_col: str,
+    title_col: str | None,
+    groups_col: str | None,
+    updated_col: str | None,
+    default_groups: str,
+    mode: str,
+    follow: bool,
+    interval: float | None,
+    drop: bool,
+    as_json: bool,
+) -> None:
+    """Index the rows of a PostgreSQL table at DSN and keep them current.
+
+    DSN is a libpq connection string or URL (postgresql://user@host:5432/db); keep the password
+    in PGPASSWORD or ~/.pgpass rather than on the command line. Change data capture needs
+    wal_level=logical, a role WITH REPLICATION and the table's owner for the publication (once);
+    otherwise --updated-at enables polling. Rows' groups decide who may read them, at once.
+    """
+    from rag.cli import open_backend
+    from shared.ingestion.pg_cdc import TableFollower
+    from shared.ingestion.pg_table import SchemaChanged, TableSourceError, TableSpec
+    from shared.monitoring.rules import Monitor
+
+    groups = sorted({g.strip() for g in default_groups.split(",") if g.strip()}) or ["public"]
+    try:
+        spec = TableSpec(
+            dsn=dsn,
+            table=table,
+            id=id_col,
+            text=text_col,
+            title=title_col,
+            groups=groups_col,
+            updated_at=updated_col,
+            default_groups=tuple(groups),
+        )
+    except TableSourceError as exc:
+        raise click.UsageError(str(exc)) from exc
+    settings = Settings()
+    with open_backend(settings) as (kind, service):
+        if kind == "remote":
+            raise click.ClickException(
+                "a running service owns the embedded stores: stop it, or run both on a Qdrant server "
+                "(LOOPLINE_QDRANT_URL) and a shared database (LOOPLINE_DATABASE_URL)"
+            )
+        source = spec.source()
+
+        def sink(items, removed, complete):  # noqa: ANN001, ANN202
+            return service.ingest_records(  # type: ignore[attr-defined]
+                source, items, removed=removed, groups=groups, complete=complete, kind="table"
+            )
+
+        follower = TableFollower(
+            spec,
+            service.metadata,  # type: ignore[attr-defined]
+            sink,
+            mode=mode,  # type: ignore[arg-type]
+            poll_s=interval or (0.25 if mode != "poll" else 5.0),
+        )
+        with Monitor.from_settings(settings, service.metadata) as monitor:  # type: ignore[attr-defined]
+            try:
+                follower.open()
+                if drop:
+                    follower.drop()
+                    click.echo(f"dropped the replication slot and publication of {source}")
+                    return
+                if interval is None and follower.mode == "poll":
+                    follower.poll_s = 5.0
+                report = _Report(source, follower, as_json, monitor)
+                if not follow:
+                    report(follower.catch_up())
+                    return
+                stop = threading.Event()
+                _stop_on_signals(stop)
+                follower.follow(stop, on_catch_up=report)
+            except TableSourceError as exc:
+                raise click.ClickException(str(exc)) from exc
+            except SchemaChanged as exc:
+                monitor.manager.raise_alert(
+                    SCHEMA_ALERT, source, "critical", str(exc), {"table": spec.qualified, "columns": spec.columns()}
+                )
+                raise click.ClickException(str(exc)) from exc
+            finally:
+                follower.close()
+
+
+class _Report:
+    """Prints a catch-up (JSON or a line) and clears a schema alert the source no longer deserves."""
+
+    def __init__(self, source: str, follower, as_json: bool, monitor) -> None:  # noqa: ANN001
+        self.source = source
+        self.follower = follower
+        self.as_json = as_json
+        self.monitor = monitor
+
+    def __call__(self, done: CatchUp) -> None:
+        from shared.ingestion import source_name
+
+        self.monitor.manager.resolve(SCHEMA_ALERT, self.source)
+        counts = {"added": 0, "updated": 0, "unchanged": 0, "deleted": 0, "failed": 0, "chunks": 0}
+        counts.update(done.counts())
+        dead = [dl for run in done.runs for dl in run.dead_letters]
+        out = {
+            "source": source_name(self.source),
+            "mode": done.mode,
+            "snapshot": done.snapshot,
+            "position": done.position,
+            "run_id": done.runs[-1].run_id if done.runs else None,
+            "run_ids": [run.run_id for run in done.runs],
+            "status": _status(done),
+            **counts,
+            "changes": done.changes,
+            "transactions": done.transactions,
+            "seconds": round(sum(run.seconds for run in done.runs), 3),
+            "dead_letters": dead,
+        }
+        if self.as_json:
+            click.echo(json.dumps(out), nl=True)
+            return
+        what = "snapshot" if done.snapshot else f"{done.transactions} transactions" if done.mode == "cdc" else "changes"
+        click.echo(
+            f"{out['source']} ({done.mode}, {what}): {counts['added']} added, {counts['updated']} updated, "
+            f"{counts['unchanged']} unchanged, {counts['deleted']} deleted, {counts['failed']} failed "
+            f"({counts['chunks']} chunks) at {done.position or 'start'}"
+        )
+        for dl in dead:
+            click.echo(f"  dead letter: {dl['path']}: {dl['reason']}")
+
+
+def _status(done: CatchUp) -> str:
+    if not done.runs:
+        return "unchanged"
+    return "partial" if any(run.status == "partial" for run in done.runs) else "succeeded"
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    def handle(_sig: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
