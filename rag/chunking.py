@@ -2,7 +2,9 @@
 
 all-MiniLM-L6-v2 truncates at 256 word pieces, so chunk sizes are counted with its
 tokenizer (not tiktoken). Markdown is first cut at headings (MarkdownNodeParser) so each
-chunk knows its section; then SentenceSplitter enforces size and overlap.
+chunk knows its section; then SentenceSplitter enforces size and overlap. A document in parts
+(a PDF's OCRed pages, each with its own confidence) is split part by part, so no chunk mixes a
+scanned page with typed text and each carries its own part's metadata.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class TextChunk:
     index: int
     section: str
     text: str
-    metadata: dict[str, Any] = field(default_factory=dict)  # the document's, e.g. OCR confidence
+    metadata: dict[str, Any] = field(default_factory=dict)  # its document's or page's, e.g. OCR confidence
 
     def embedding_text(self, title: str) -> str:
         """What gets embedded: the title and section give a chunk its context."""
@@ -58,23 +60,22 @@ class Chunker:
         self.markdown = MarkdownNodeParser()
 
     def split(self, doc: LoadedDocument) -> list[TextChunk]:
-        sections: list[tuple[str, str]]
-        if doc.markdown:
-            sections = []
-            for node in self.markdown.get_nodes_from_documents([Document(text=doc.text)]):
-                sections.append((_section_of(node.text, node.metadata.get("header_path", "")), node.text))
-        else:
-            sections = [("", doc.text)]
+        sections: list[tuple[str, str, dict[str, Any]]] = []
+        for part in doc.pieces():  # a PDF's OCRed pages apart, each with its own confidence
+            if doc.markdown:
+                for node in self.markdown.get_nodes_from_documents([Document(text=part.text)]):
+                    header_path = node.metadata.get("header_path", "")
+                    sections.append((_section_of(node.text, header_path), node.text, part.metadata))
+            else:
+                sections.append(("", part.text, part.metadata))
         chunks: list[TextChunk] = []
-        for section, text in sections:
+        for section, text, metadata in sections:
             body = _strip_heading(text) if doc.markdown else text
             if not body.strip():
                 continue
             for piece in self.splitter.split_text(body):
                 if piece.strip():
-                    chunks.append(
-                        TextChunk(index=len(chunks), section=section, text=piece.strip(), metadata=doc.metadata)
-                    )
+                    chunks.append(TextChunk(index=len(chunks), section=section, text=piece.strip(), metadata=metadata))
         return chunks
 
 

@@ -1,7 +1,7 @@
 """Document loaders: a file on disk → title and text sections, or a clear rejection.
 
-PDF and DOCX go through llama-index's file readers (a PDF without a text layer, and PNG/JPEG
-images, through OCR: rag.ocr), HTML through BeautifulSoup (scripts,
+PDF and DOCX go through llama-index's file readers (a PDF page without a text layer, and
+PNG/JPEG images, through OCR: rag.ocr), HTML through BeautifulSoup (scripts,
 styles and other non-content elements dropped); Markdown and plain text are decoded strictly
 (UTF-8) so binary junk is refused rather than indexed as noise. Every failure raises
 `Rejected` with a reason a user can act on; it becomes a dead letter. Limits on what a file
@@ -13,10 +13,14 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shared.ingestion import Rejected
+
+if TYPE_CHECKING:
+    from rag.ocr import OcrText
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +28,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg"}  # read by OCR (rag.ocr)
 SUPPORTED_SUFFIXES = {".md", ".markdown", ".txt", ".html", ".htm", ".pdf", ".docx", *IMAGE_SUFFIXES}
 _MD_HEADING = re.compile(r"^(#{1,6})\s+(.+?)\s*#*\s*$", re.MULTILINE)
 _FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*\n", re.DOTALL)
+MIN_PAGE_CHARS = 20  # a PDF page with fewer non-blank characters in its text layer is a scan (maybe stamped)
 
 
 @dataclass(frozen=True)
@@ -34,12 +39,27 @@ class LoadLimits:
     max_chars: int = 1_000_000
 
 
+@dataclass(frozen=True)
+class Part:
+    """A stretch of a document with metadata of its own (an OCRed PDF page), chunked apart from the rest."""
+
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
 @dataclass
 class LoadedDocument:
     title: str
     text: str
     markdown: bool = False
     metadata: dict[str, Any] = field(default_factory=dict)  # goes with every chunk (e.g. OCR confidence)
+    parts: list[Part] = field(default_factory=list)  # `text` in stretches, when they differ in metadata
+
+    def pieces(self) -> list[Part]:
+        """What the chunker splits: each part with the document's metadata under its own, or the whole text."""
+        if not self.parts:
+            return [Part(self.text, self.metadata)]
+        return [Part(p.text, {**self.metadata, **p.metadata}) for p in self.parts]
 
 
 def load_document(path: Path, limits: LoadLimits = LoadLimits()) -> LoadedDocument:
@@ -119,16 +139,11 @@ def _load_pdf(path: Path) -> LoadedDocument:
     if b"%PDF-" not in head:
         raise Rejected(f"not a PDF (starts with {head[:8]!r})")
     try:
-        pages = PDFReader(return_full_document=True).load_data(path)
+        pages = [p.text for p in PDFReader(return_full_document=False).load_data(path)]
     except Exception as exc:  # pypdf raises many types for broken files
         raise Rejected(f"corrupt PDF: {type(exc).__name__}: {exc}") from None
-    text = "\n\n".join(p.text for p in pages)
-    metadata: dict[str, Any] = {}
-    if not text.strip():  # no text layer: a scan
-        from rag.ocr import read_pdf_pages
-
-        ocr = read_pdf_pages(path)
-        text, metadata = ocr.text, ocr.metadata
+    parts = _pdf_parts(path, pages)
+    text = "\n\n".join(p.text for p in parts)
     title = _title_from_name(path)
     try:
         from pypdf import PdfReader
@@ -138,7 +153,40 @@ def _load_pdf(path: Path) -> LoadedDocument:
             title = str(meta_title).strip()
     except Exception:  # metadata is optional; the text already loaded
         log.debug("no PDF metadata title for %s", path)
-    return LoadedDocument(title=title, text=text, metadata=metadata)
+    return LoadedDocument(title=title, text=text, parts=parts)
+
+
+def _pdf_parts(path: Path, pages: list[str]) -> list[Part]:
+    """The pages in order: runs of text-layer pages as they are, each page without one through OCR.
+
+    When OCR cannot run (no Tesseract, too many scanned pages, a page too large), a PDF with
+    text-layer pages keeps those with a warning; one without any is rejected with the reason.
+    """
+    scanned = [i for i, page in enumerate(pages) if len("".join(page.split())) < MIN_PAGE_CHARS]
+    ocr: dict[int, OcrText] = {}
+    if scanned:
+        from rag.ocr import read_pdf_pages
+
+        try:
+            ocr = read_pdf_pages(path, scanned)
+        except Rejected as rej:
+            if len(scanned) == len(pages):
+                raise
+            log.warning(
+                "%s: OCR could not read page(s) %s, which have no text layer (%s); only the text layer is indexed",
+                path,
+                ", ".join(str(i + 1) for i in scanned),
+                rej.reason,
+            )
+    parts: list[Part] = []
+    for read, run in groupby(range(len(pages)), key=lambda i: i in ocr):
+        if read:
+            parts.extend(Part(ocr[i].text, {**ocr[i].metadata, "ocr_page": i + 1}) for i in run)
+        elif (text := "\n".join(pages[i] for i in run)).strip():  # joined as llama-index joins a whole PDF
+            parts.append(Part(text))
+    if scanned and not parts:  # every page a scan, and no word on any
+        raise Rejected("no text found by OCR on any page of this scanned PDF")
+    return parts
 
 
 def _load_image(path: Path) -> LoadedDocument:

@@ -1,14 +1,15 @@
 """Text from pictures of text: Tesseract (Debian's `tesseract-ocr`) through pytesseract.
 
-Scanned PDF pages and PNG/JPEG files carry no text layer; OCR reads them, and the mean word
-confidence goes with the text so that answers quoting a poor scan can say so. Without the
-Tesseract program such files are rejected with the command that installs it, as before OCR
-existed, rather than indexed as empty.
+Scanned PDF pages and PNG/JPEG files carry no text layer; OCR reads them (a PDF page by
+page), and the mean word confidence goes with the text so that answers quoting a poor scan can
+say so. Without the Tesseract program such files are rejected with the command that installs
+it, as before OCR existed, rather than indexed as empty.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,26 +67,37 @@ def read_image(image: Any, *, what: str) -> OcrText:
     return OcrText(text=text, confidence=sum(confidences) / len(confidences), words=len(confidences))
 
 
-def read_pdf_pages(path: Any, *, dpi: int = 300, max_pages: int = 50) -> OcrText:
-    """OCR of every page of a PDF without a text layer, rendered by pdfium (no poppler needed)."""
+def read_pdf_pages(path: Any, pages: Sequence[int], *, dpi: int = 300, max_pages: int = 50) -> dict[int, OcrText]:
+    """OCR of the given pages (0-based) of a PDF, rendered by pdfium (no poppler needed), by page.
+
+    A page on which OCR finds no word (a blank or a picture) is left out; more pages than
+    `max_pages`, or one over MAX_PIXELS at `dpi` (checked before rendering), rejects the file.
+    """
     import pypdfium2 as pdfium
 
-    pdf = pdfium.PdfDocument(str(path))
+    if len(pages) > max_pages:
+        raise Rejected(f"{len(pages)} scanned pages (no text layer), over the OCR limit of {max_pages}")
+    scale = dpi / 72
+    found: dict[int, OcrText] = {}
     try:
-        if len(pdf) > max_pages:
-            raise Rejected(f"a scanned PDF of {len(pdf)} pages, over the OCR limit of {max_pages}")
-        pages = []
-        for i in range(len(pdf)):
-            image = pdf[i].render(scale=dpi / 72).to_pil()
+        pdf = pdfium.PdfDocument(str(path))
+    except pdfium.PdfiumError as exc:  # pypdf read it, pdfium cannot: render nothing rather than fail oddly
+        raise Rejected(f"corrupt PDF: pdfium cannot open it to render its scanned pages ({exc})") from None
+    try:
+        for i in pages:
+            page = pdf[i]
+            width, height = (round(side * scale) for side in page.get_size())
+            if width * height > MAX_PIXELS:
+                raise Rejected(
+                    f"page {i + 1} is {width}x{height} pixels at {dpi} dpi, over the OCR limit of {MAX_PIXELS:,}"
+                )
+            image = page.render(scale=scale).to_pil()
             try:
-                pages.append(read_image(image, what=f"page {i + 1}"))
+                found[i] = read_image(image, what=f"page {i + 1}")
             except Rejected as rej:
                 if "no text found" not in rej.reason:
                     raise
+                log.debug("%s: no text found by OCR on page %d", path, i + 1)
     finally:
         pdf.close()
-    if not pages:
-        raise Rejected("no text found by OCR on any page of this scanned PDF")
-    words = sum(p.words for p in pages)
-    confidence = sum(p.confidence * p.words for p in pages) / words
-    return OcrText(text="\n\n".join(p.text for p in pages), confidence=confidence, words=words)
+    return found

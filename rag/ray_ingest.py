@@ -138,7 +138,7 @@ class ParseAndEmbed:
             out["title"].append(title)
             out["sections"].append([c.section for c in chunks])
             out["texts"].append([c.text for c in chunks])
-            out["metadata"].append(json.dumps(chunks[0].metadata if chunks else {}))  # the document's (OCR)
+            out["metadata"].append(json.dumps([c.metadata for c in chunks]))  # each chunk's (OCR, per page)
             out["rejected"].append(rejected)
             spans.append((len(texts), len(texts) + len(chunks)))
             texts.extend(c.embedding_text(title) for c in chunks)
@@ -216,8 +216,8 @@ class _Results:
                 return None
             metadata = json.loads(str(row["metadata"]))
             chunks = [
-                TextChunk(index=i, section=str(section), text=str(text), metadata=metadata)
-                for i, (section, text) in enumerate(zip(row["sections"], row["texts"], strict=True))
+                TextChunk(index=i, section=str(section), text=str(text), metadata=meta)
+                for i, (section, text, meta) in enumerate(zip(row["sections"], row["texts"], metadata, strict=True))
             ]
             self._waiting[str(row["path"])] = DocumentResult(
                 title=str(row["title"]),

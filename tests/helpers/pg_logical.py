@@ -1,72 +1,30 @@
-"""A private PostgreSQL cluster with wal_level=logical, from the machine's PostgreSQL binaries.
+"""The private wal_level=logical PostgreSQL cluster of the benchmarks, for tests.
 
-The machine's own server runs with wal_level=replica (changing it needs a restart of a server
-other things use), so change data capture is tested on a cluster of our own: initdb and
-pg_ctl of the installed PostgreSQL, a temporary folder, a free port, fsync off. initdb refuses
-to run as root, so as root it runs as the `postgres` user. Under CI=true a missing PostgreSQL
-fails the tests instead of skipping them.
+The machine's own server runs with wal_level=replica (changing it restarts a server other
+things use), so change data capture is tested on a cluster of our own, started from the
+installed PostgreSQL (evaluation/benchmarks/pg_cluster.py). Without the binaries the tests
+skip, except under CI=true, where they fail.
 """
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 import pytest
 
-
-def _bindir() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]))
-    return Path(found[-1]).parent if found else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_owner(cmd: list[str]) -> list[str]:
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+from evaluation.benchmarks.pg_cluster import ClusterUnavailable
+from evaluation.benchmarks.pg_cluster import logical_cluster as _cluster
 
 
 @contextmanager
 def logical_cluster() -> Iterator[str]:
-    """Start the cluster; yields a libpq DSN of its `postgres` database (superuser, trust)."""
-    bindir = _bindir()
-    if bindir is None:
-        reason = "PostgreSQL server binaries not installed (/usr/lib/postgresql/*/bin)"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true requires PostgreSQL; {reason}", pytrace=False)
-        pytest.skip(reason)
-    root = Path(tempfile.mkdtemp(prefix="loopline-pg-"))
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-    data, port = root / "data", _free_port()
-    subprocess.run(
-        _as_owner([str(bindir / "initdb"), "-A", "trust", "-U", "postgres", "-D", str(data)]),
-        check=True,
-        capture_output=True,
-    )
-    options = (
-        f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c wal_level=logical "
-        "-c max_replication_slots=16 -c max_wal_senders=16 -c fsync=off"
-    )
-    pg_ctl = str(bindir / "pg_ctl")
-    subprocess.run(
-        _as_owner([pg_ctl, "-D", str(data), "-w", "-l", str(root / "log"), "-o", options, "start"]),
-        check=True,
-        capture_output=True,
-    )
+    """A libpq DSN of the cluster's `postgres` database (superuser)."""
     try:
-        yield f"host=127.0.0.1 port={port} user=postgres dbname=postgres"
-    finally:
-        subprocess.run(_as_owner([pg_ctl, "-D", str(data), "-m", "immediate", "stop"]), capture_output=True)
-        shutil.rmtree(root, ignore_errors=True)
+        with _cluster() as dsn:
+            yield dsn
+    except ClusterUnavailable as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true requires PostgreSQL; {exc}", pytrace=False)
+        pytest.skip(str(exc))
