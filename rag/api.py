@@ -12,11 +12,12 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from fastapi import APIRouter, Depends, File, Form, HTTPException, Query, Response, UploadFile
 from fastapi.responses import StreamingResponse
 
+from rag.events import background_consumer
 from rag.jobs import groups_of, recorded_ingest
 from rag.loaders import SUPPORTED_SUFFIXES
 from rag.models import (
@@ -56,6 +57,10 @@ from shared.jobs.service import JobConflict
 from shared.metadata.store import DocumentInfo
 from shared.monitoring.freshness import VisibleSource, visible_source_freshness
 from shared.monitoring.monitoring_config import load_monitoring_config
+
+if TYPE_CHECKING:
+    from rag.table_sources import FollowedTables
+    from shared.monitoring.rules import Monitor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -462,27 +467,71 @@ def plugin(ctx: AppContext, service: RagService | None = None) -> ApiPlugin:
         f"loading the embedding model {svc.settings.embedding_model}", svc.warm_up, name="loopline-rag-warmup"
     )
     ctx.services["rag"] = RagApi(svc, ctx, warmup=warmup)
+    tables, monitor = _followed_tables(ctx, svc)
+    events = background_consumer(ctx, svc)  # document events on NATS JetStream (LOOPLINE_NATS_URL), else None
+
+    def start() -> None:
+        warmup.start()
+        if tables is not None:
+            tables.start()
+        if events is not None:
+            events.start()
+
+    def stop() -> None:
+        if tables is not None:
+            tables.stop(timeout=0)
+        if events is not None:
+            events.stop()  # no new batch; the one in hand is cut short by svc.stop, nak'ed, and redelivered later
+        svc.stop()
 
     def close() -> None:
         warmup.join(timeout=120)  # a model still loading must finish before the stores close and the process exits
+        if tables is not None:
+            tables.stop()
+        if events is not None:
+            events.stop()
+            events.join(timeout=30)
+        if monitor is not None:
+            monitor.close()
         svc.close()
 
     def ready() -> dict:
-        return {
+        details = {
             "documents": svc.metadata.count_documents(),
             "chunks": svc.store.count(),
             WAITING_FOR: warmup.waiting_for(),
         }
+        if tables is not None:
+            # the state only: the reasons (hosts, errors) go to the log and the alerts, not to anonymous callers
+            details["tables"] = {table: state.split(":")[0] for table, state in tables.states.items()}
+        if events is not None:
+            details["events"] = events.state.split(":")[0]
+        return details
 
     return ApiPlugin(
         name="rag",
         router=router,
         ready=ready,
-        start=warmup.start,
+        start=start,
         close=close,
-        stop=svc.stop,
+        stop=stop,
         max_body_bytes=svc.settings.upload_max_bytes,
     )
+
+
+def _followed_tables(ctx: AppContext, svc: RagService) -> tuple[FollowedTables | None, Monitor | None]:
+    """The tables of LOOPLINE_TABLE_SOURCES_FILE, followed on threads of the service, and the
+    monitor whose alert manager (webhooks, actions) tells of a stopped one; (None, None) without the file."""
+    path = ctx.settings.table_sources_file
+    if path is None:
+        return None, None
+    from rag.table_sources import FollowedTables, load_table_sources
+    from shared.monitoring.rules import Monitor
+
+    configs = load_table_sources(path)
+    monitor = Monitor(ctx.metadata, ctx.monitoring)  # its alert manager: webhooks and actions as configured
+    log.info("following %d table(s) of %s", len(configs), path)
+    return FollowedTables(configs, svc, monitor.manager), monitor
 
 
 def _service_with_drift(ctx: AppContext) -> RagService:

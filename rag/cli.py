@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from rag.event_cli import consume_events
 from rag.table_cli import ingest_table
 from shared.config import Settings
 
@@ -94,6 +95,7 @@ def rag() -> None:
 
 
 rag.add_command(ingest_table)
+rag.add_command(consume_events)
 
 
 class _IngestBar:

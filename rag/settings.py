@@ -134,3 +134,8 @@ class RagSettings(BaseModel):
     upload_max_bytes: int = Field(20_000_000, description="Largest document upload (413 above it).")
     sync_folder: Path | None = Field(None, description="Folder that `POST /v1/sync` re-syncs (409 if unset).")
     sync_groups: str = Field("public", description="Comma-separated groups of the synced folder.")
+    table_sources_file: Path | None = Field(
+        None,
+        description="YAML list of PostgreSQL tables `loopline serve` follows (change data capture, or polling): "
+        "see `loopline rag ingest-table` and the README.",
+    )

@@ -20,7 +20,7 @@ from shared.config import Settings
 if TYPE_CHECKING:
     from shared.ingestion.pg_cdc import CatchUp
 
-SCHEMA_ALERT = "source_schema"
+SCHEMA_ALERT = "source_schema"  # rag.table_sources raises it
 
 
 @click.command("ingest-table")
@@ -51,6 +51,9 @@ SCHEMA_ALERT = "source_schema"
 )
 @click.option("--follow", is_flag=True, help="Keep streaming changes until stopped (Ctrl-C, SIGTERM).")
 @click.option(
+    "--snapshot", is_flag=True, help="Read the whole table again first (with polling, how deleted rows are seen)."
+)
+@click.option(
     "--interval",
     type=click.FloatRange(0.05),
     default=None,
@@ -71,6 +74,7 @@ def ingest_table(
     default_groups: str,
     mode: str,
     follow: bool,
+    snapshot: bool,
     interval: float | None,
     drop: bool,
     as_json: bool,
@@ -83,8 +87,9 @@ def ingest_table(
     otherwise --updated-at enables polling. Rows' groups decide who may read them, at once.
     """
     from rag.cli import open_backend
+    from rag.table_sources import schema_alert
     from shared.ingestion.pg_cdc import TableFollower
-    from shared.ingestion.pg_table import SchemaChanged, TableSourceError, TableSpec
+    from shared.ingestion.pg_table import SchemaChanged, SourceUnavailable, TableSourceError, TableSpec
     from shared.monitoring.rules import Monitor
 
     groups = sorted({g.strip() for g in default_groups.split(",") if g.strip()}) or ["public"]
@@ -105,8 +110,9 @@ def ingest_table(
     with open_backend(settings) as (kind, service):
         if kind == "remote":
             raise click.ClickException(
-                "a running service owns the embedded stores: stop it, or run both on a Qdrant server "
-                "(LOOPLINE_QDRANT_URL) and a shared database (LOOPLINE_DATABASE_URL)"
+                "a running service owns the embedded stores: list the table in LOOPLINE_TABLE_SOURCES_FILE for "
+                "the service to follow, stop the service, or run both on a Qdrant server (LOOPLINE_QDRANT_URL) "
+                "and a shared database (LOOPLINE_DATABASE_URL)"
             )
         source = spec.source()
 
@@ -120,7 +126,7 @@ def ingest_table(
             service.metadata,  # type: ignore[attr-defined]
             sink,
             mode=mode,  # type: ignore[arg-type]
-            poll_s=interval or (0.25 if mode != "poll" else 5.0),
+            poll_s=interval,
         )
         with Monitor.from_settings(settings, service.metadata) as monitor:  # type: ignore[attr-defined]
             try:
@@ -129,21 +135,18 @@ def ingest_table(
                     follower.drop()
                     click.echo(f"dropped the replication slot and publication of {source}")
                     return
-                if interval is None and follower.mode == "poll":
-                    follower.poll_s = 5.0
                 report = _Report(source, follower, as_json, monitor)
+                if snapshot or not follow:
+                    report(follower.catch_up(snapshot=snapshot))
                 if not follow:
-                    report(follower.catch_up())
                     return
                 stop = threading.Event()
                 _stop_on_signals(stop)
                 follower.follow(stop, on_catch_up=report)
-            except TableSourceError as exc:
+            except (TableSourceError, SourceUnavailable) as exc:
                 raise click.ClickException(str(exc)) from exc
             except SchemaChanged as exc:
-                monitor.manager.raise_alert(
-                    SCHEMA_ALERT, source, "critical", str(exc), {"table": spec.qualified, "columns": spec.columns()}
-                )
+                schema_alert(monitor.manager, spec, exc)
                 raise click.ClickException(str(exc)) from exc
             finally:
                 follower.close()

@@ -209,5 +209,9 @@ class DeviceRegistry:
     def authenticate(self, token: str | None) -> Device | None:
         return find_by_secret(((d.digest(), d) for d in self._devices), token)
 
+    def get(self, device_id: str) -> Device | None:
+        """The registered device of this id (stream announcements carry no token, only the id)."""
+        return next((d for d in self._devices if d.id == device_id), None)
+
     def __len__(self) -> int:
         return len(self._devices)

@@ -37,6 +37,7 @@ class CoreSettings(BaseSettings):
         "max_file_bytes": "Ingestion",
         "monitoring_file": "Monitoring",
         "queue_url": "Jobs",
+        "nats_url": "Event streams",
     }
 
     # Storage
@@ -119,6 +120,38 @@ class CoreSettings(BaseSettings):
     jobs_in_process: int = Field(
         1, ge=1, description="Jobs the API process runs at once when no LOOPLINE_QUEUE_URL is set."
     )
+
+    # Event streams (NATS JetStream: document events and frame announcements)
+    nats_url: str | None = Field(
+        None,
+        description="NATS server with JetStream, e.g. `nats://nats:4222` (comma-separated for a cluster, `tls://` "
+        "for TLS, `nats://USER:PASSWORD@HOST:4222` to log in): `loopline serve` then consumes document events "
+        "(`PREFIX.documents.SOURCE`) and frame announcements (`PREFIX.frames.DEVICE`) on background threads; "
+        "off if unset. `loopline rag consume-events` and `loopline vision consume-frames` read it too.",
+    )
+    nats_credentials_file: Path | None = Field(
+        None, description="NATS user credentials (a `.creds` file: JWT and NKey seed) for servers that ask for them."
+    )
+    nats_prefix: str = Field(
+        "loopline",
+        pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$",
+        description="First part of the subjects and stream names (`PREFIX_DOCUMENTS`, `PREFIX_FRAMES`, "
+        "`PREFIX_DLQ`, created when missing): deployments sharing a NATS server keep apart.",
+    )
+    nats_max_deliver: int = Field(
+        5,
+        ge=1,
+        description="Deliveries of an event whose write fails before it goes to the dead-letter subject "
+        "`PREFIX.dlq.SUBJECT` (the durable consumer's own max_deliver is one more: an event whose last try never "
+        "finished is dead-lettered too).",
+    )
+    nats_ack_wait_s: float = Field(
+        60.0,
+        gt=0,
+        description="An event delivered but not acknowledged within this (its consumer died) is delivered again; "
+        "a write in progress keeps extending it.",
+    )
+    nats_batch: int = Field(64, ge=1, le=1000, description="Events fetched, written and acknowledged together.")
 
     @property
     def resolved_devices_file(self) -> Path:

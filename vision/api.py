@@ -6,6 +6,7 @@ under its own id. Frame uploads are validated first (type, size, pixels, a full 
 bounded number at a time), then stored through the object store port, idempotent on
 `frame_id`: devices retry, so the same bytes again are a 200 duplicate (counted once, also
 when retries race), while other bytes under a stored id are a 409, never a silent overwrite.
+Frames announced on NATS JetStream (vision/frame_events.py) are stored by the same `store_frame`.
 """
 
 from __future__ import annotations
@@ -427,8 +428,20 @@ def upload_frame(
         raise HTTPException(422, detail=f"meta: field '{field}' {_sentence_case(err['msg'])}") from exc
     if fm.device_id != dev.id:
         raise HTTPException(403, detail=f"this token belongs to device '{dev.id}', not '{fm.device_id}'")
+    stored = store_frame(api, dev, fm, image.file.read(api.ctx.settings.frame_max_bytes + 1))
+    if stored.duplicate:
+        return JSONResponse(stored.model_dump(), status_code=200)
+    return stored
+
+
+def store_frame(api: VisionApi, dev: Device, fm: FrameMeta, data: bytes) -> FrameOut:
+    """Validate a frame of `dev` and store it once: uploads and stream announcements alike.
+
+    Raises HTTPException 413 (over LOOPLINE_FRAME_MAX_BYTES or _PIXELS), 415 (not a JPEG or PNG),
+    422 (does not decode) or 409 (another image under this frame id); a retry of a stored frame
+    is `duplicate` and counted once.
+    """
     limit = api.ctx.settings.frame_max_bytes
-    data = image.file.read(limit + 1)
     if len(data) > limit:
         raise HTTPException(413, detail=f"frame is over the limit of {limit:,} bytes")
     kind = next((t for magic, t in IMAGE_MAGIC.items() if data.startswith(magic)), None)
@@ -440,7 +453,7 @@ def upload_frame(
     sha = hashlib.sha256(data).hexdigest()
     record = fm.model_dump() | {"fleet": dev.fleet, "image": f"{key}.{ext}", "width": w, "height": h, "sha256": sha}
     if not _store_once(api.frames, key, data, sha, record):
-        return JSONResponse(FrameOut(id=key, duplicate=True).model_dump(), status_code=200)
+        return FrameOut(id=key, duplicate=True)
     api.ctx.metrics.record_frame(dev.id, dev.fleet, fm.reason, fm.model_version)
     if api.drift is not None:
         try:
@@ -571,10 +584,35 @@ def plugin(ctx: AppContext, *, registry=None, drift: DriftMonitor | None = None)
         mv = models.registry.production(fleet)
         return mv.version if mv is not None else None
 
-    attach(ctx, frames=ctx.objects.scoped("frames"), models=models, drift=FleetDrift(drift or ctx.drift, production))
+    api = attach(
+        ctx, frames=ctx.objects.scoped("frames"), models=models, drift=FleetDrift(drift or ctx.drift, production)
+    )
+    # Frame announcements on NATS JetStream (LOOPLINE_NATS_URL): consumed on a thread while serving.
+    from vision.frame_events import background_consumer
+
+    events = background_consumer(api)
+
+    def stop() -> None:
+        if events is not None:
+            events.stop()
+
+    def close() -> None:
+        stop()
+        if events is not None:
+            events.join(timeout=30)  # the batch in hand is stored and acknowledged before the stores close
+
+    def ready() -> dict:
+        details: dict[str, Any] = {"devices": len(ctx.devices)}
+        if events is not None:
+            details["frame_events"] = events.state.split(":")[0]  # the reason goes to the log, not to callers
+        return details
+
     return ApiPlugin(
         name="vision",
         router=router,
-        ready=lambda: {"devices": len(ctx.devices)},
+        ready=ready,
         max_body_bytes=ctx.settings.frame_max_bytes,
+        start=events.start if events is not None else lambda: None,
+        stop=stop,
+        close=close,
     )

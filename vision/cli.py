@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import click
 
 from shared.config import Settings
+from vision.frame_cli import consume_frames
 from vision.registry import fleet_alias
 
 if TYPE_CHECKING:
@@ -92,6 +93,9 @@ def _stores(settings: Settings):  # noqa: ANN202
 @click.group()
 def vision() -> None:
     """Detectors: datasets, training from scratch, ONNX export (FP32/INT8/FP16), promotion."""
+
+
+vision.add_command(consume_frames)
 
 
 @vision.group()

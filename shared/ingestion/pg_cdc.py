@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from shared.ingestion.pg_table import (
     SchemaChanged,
+    SourceUnavailable,
     TableColumn,
     TableSourceError,
     TableSpec,
@@ -47,6 +48,7 @@ Sink = Callable[[Sequence[SourceItem], Sequence[str], bool], RunSummary]
 """`sink(items, removed_keys, complete)`: index rows (all the table has when `complete`), drop removed keys."""
 Mode = Literal["auto", "cdc", "poll"]
 RUN_KIND = "table"
+IDLE_S = {"cdc": 0.25, "poll": 5.0}  # default seconds between looks at an idle table
 
 
 @dataclass
@@ -88,7 +90,7 @@ class TableFollower:
         sink: Sink,
         *,
         mode: Mode = "auto",
-        poll_s: float = 0.25,
+        poll_s: float | None = None,
         overlap_s: float = 60.0,
         heartbeat_s: float = 300.0,
         peek_limit: int = 10_000,
@@ -99,7 +101,7 @@ class TableFollower:
         self.store = store
         self.sink = sink
         self.requested = mode
-        self.poll_s = poll_s
+        self.poll_s = poll_s  # seconds between looks when idle; None: 0.25 (cdc) or 5 (poll) once open
         self.overlap = timedelta(seconds=overlap_s)
         self.heartbeat_s = heartbeat_s
         self.peek_limit = peek_limit
@@ -122,6 +124,8 @@ class TableFollower:
             self._stopped(exc)
             raise
         self.mode = self._choose_mode(state)
+        if self.poll_s is None:
+            self.poll_s = IDLE_S[self.mode]
         if self.mode == "cdc":
             self._ensure_publication_and_slot()
         log.info("table source %s: %s mode", self.source, self.mode)
@@ -139,11 +143,12 @@ class TableFollower:
         self.close()
 
     # --- reading ---------------------------------------------------------------------
-    def catch_up(self) -> CatchUp:
-        """Bring the index up to the table as of now: the snapshot the first time, then the changes."""
+    def catch_up(self, *, snapshot: bool = False) -> CatchUp:
+        """Bring the index up to the table as of now: the snapshot the first time (or when asked:
+        polling sees deleted rows only then), then the changes."""
         try:
             state = self._state()
-            if self._needs_snapshot(state):
+            if snapshot or self._needs_snapshot(state):
                 return self._snapshot()
             if self.mode == "cdc":
                 return self._catch_up_cdc()
@@ -174,7 +179,7 @@ class TableFollower:
                 if on_catch_up is not None:
                     on_catch_up(done)
             if not done.runs:
-                stop.wait(self.poll_s)
+                stop.wait(self.poll_s or IDLE_S["cdc"])
 
     # --- modes ---------------------------------------------------------------------------
     def _choose_mode(self, state: dict) -> str:
@@ -363,7 +368,12 @@ class TableFollower:
         out = []
         for it in items:
             doc = indexed.get(it.path)
-            if doc is None or it.invalid or doc.content_hash != item_hash(it) or list(doc.groups) != list(it.groups or ()):
+            if (
+                doc is None
+                or it.invalid
+                or doc.content_hash != item_hash(it)
+                or list(doc.groups) != list(it.groups or ())
+            ):
                 out.append(it)
         return out
 
@@ -420,4 +430,4 @@ def _autocommit_connection(dsn: str) -> Any:
     try:
         return psycopg.connect(dsn, autocommit=True, application_name="loopline-table-source")
     except psycopg.OperationalError as exc:
-        raise TableSourceError(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}") from exc
+        raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}") from exc

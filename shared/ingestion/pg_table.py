@@ -42,6 +42,10 @@ class TableSourceError(ValueError):
     """The declaration itself is unusable (unknown table, bad column name, missing rights)."""
 
 
+class SourceUnavailable(ConnectionError):
+    """The database does not answer: an outage delays the source, the next try goes on."""
+
+
 @dataclass(frozen=True)
 class TableSpec:
     """What a table source reads: the table and the role of each column."""

@@ -14,16 +14,16 @@ from contextlib import contextmanager
 
 import pytest
 
-from evaluation.benchmarks.pg_cluster import ClusterUnavailable
+from evaluation.benchmarks.pg_cluster import ClusterUnavailable, LogicalCluster
 from evaluation.benchmarks.pg_cluster import logical_cluster as _cluster
 
 
 @contextmanager
-def logical_cluster() -> Iterator[str]:
-    """A libpq DSN of the cluster's `postgres` database (superuser)."""
+def logical_cluster() -> Iterator[LogicalCluster]:
+    """The started cluster (`.dsn` of its `postgres` database, as superuser; `stop()`, `start()`)."""
     try:
-        with _cluster() as dsn:
-            yield dsn
+        with _cluster() as cluster:
+            yield cluster
     except ClusterUnavailable as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true requires PostgreSQL; {exc}", pytrace=False)
