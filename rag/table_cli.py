@@ -20,8 +20,6 @@ from shared.config import Settings
 if TYPE_CHECKING:
     from shared.ingestion.pg_cdc import CatchUp
 
-SCHEMA_ALERT = "source_schema"  # rag.table_sources raises it
-
 
 @click.command("ingest-table")
 @click.argument("dsn")
@@ -87,7 +85,8 @@ def ingest_table(
     otherwise --updated-at enables polling. Rows' groups decide who may read them, at once.
     """
     from rag.cli import open_backend
-    from rag.table_sources import schema_alert
+    from rag.table_sources import schema_alert, table_sink
+    from shared.ingestion import source_name
     from shared.ingestion.pg_cdc import TableFollower
     from shared.ingestion.pg_table import SchemaChanged, SourceUnavailable, TableSourceError, TableSpec
     from shared.monitoring.rules import Monitor
@@ -115,34 +114,17 @@ def ingest_table(
                 "and a shared database (LOOPLINE_DATABASE_URL)"
             )
         source = spec.source()
-
-        def sink(items, removed, complete):  # noqa: ANN001, ANN202
-            return service.ingest_records(  # type: ignore[attr-defined]
-                source, items, removed=removed, groups=groups, complete=complete, kind="table"
-            )
-
-        follower = TableFollower(
-            spec,
-            service.metadata,  # type: ignore[attr-defined]
-            sink,
-            mode=mode,  # type: ignore[arg-type]
-            poll_s=interval,
-        )
+        follower = TableFollower(spec, service.metadata, table_sink(service, spec), mode=mode, poll_s=interval)  # type: ignore[arg-type]
         with Monitor.from_settings(settings, service.metadata) as monitor:  # type: ignore[attr-defined]
+            report = _Report(source, as_json, monitor)
             try:
-                follower.open()
                 if drop:
                     follower.drop()
-                    click.echo(f"dropped the replication slot and publication of {source}")
+                    click.echo(f"dropped the replication slot and publication of {source_name(source)}")
                     return
-                report = _Report(source, follower, as_json, monitor)
+                follower.open()
                 if snapshot or not follow:
                     report(follower.catch_up(snapshot=snapshot))
-                if not follow:
-                    return
-                stop = threading.Event()
-                _stop_on_signals(stop)
-                follower.follow(stop, on_catch_up=report)
             except (TableSourceError, SourceUnavailable) as exc:
                 raise click.ClickException(str(exc)) from exc
             except SchemaChanged as exc:
@@ -150,18 +132,51 @@ def ingest_table(
                 raise click.ClickException(str(exc)) from exc
             finally:
                 follower.close()
+            if follow:
+                _follow(spec, mode, interval, service, monitor, report)
+
+
+def _follow(spec, mode: str, interval: float | None, service, monitor, report) -> None:  # noqa: ANN001
+    """Follow on the service's retrying thread until SIGINT/SIGTERM (an outage waits, a schema change stops)."""
+    from rag.table_sources import FollowedTables, TableSourceConfig
+
+    config = TableSourceConfig(
+        dsn=spec.dsn,
+        table=spec.table,
+        id=spec.id,
+        text=spec.text,
+        title=spec.title,
+        groups=spec.groups,
+        updated_at=spec.updated_at,
+        default_groups=list(spec.default_groups),
+        mode=mode,
+        interval_s=interval,
+    )
+    tables = FollowedTables([config], service, monitor.manager, on_catch_up=report)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda _sig, _frame: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        tables.start()
+        tables.wait(stop)
+    finally:
+        tables.stop(timeout=30)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state = tables.states.get(spec.table, "")
+    if state.startswith("stopped"):
+        raise click.ClickException(state.removeprefix("stopped: "))
 
 
 class _Report:
     """Prints a catch-up (JSON or a line) and clears a schema alert the source no longer deserves."""
 
-    def __init__(self, source: str, follower, as_json: bool, monitor) -> None:  # noqa: ANN001
+    def __init__(self, source: str, as_json: bool, monitor) -> None:  # noqa: ANN001
         self.source = source
-        self.follower = follower
         self.as_json = as_json
         self.monitor = monitor
 
     def __call__(self, done: CatchUp) -> None:
+        from rag.table_sources import SCHEMA_ALERT
         from shared.ingestion import source_name
 
         self.monitor.manager.resolve(SCHEMA_ALERT, self.source)
@@ -199,11 +214,3 @@ def _status(done: CatchUp) -> str:
     if not done.runs:
         return "unchanged"
     return "partial" if any(run.status == "partial" for run in done.runs) else "succeeded"
-
-
-def _stop_on_signals(stop: threading.Event) -> None:
-    def handle(_sig: int, _frame: object) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, handle)
-    signal.signal(signal.SIGINT, handle)

@@ -5,7 +5,8 @@ stores owns them, so there the tables it should follow are listed in LOOPLINE_TA
 and followed on threads of the service, through the same `TableFollower`. An outage of
 PostgreSQL delays a table (the thread reconnects with a growing pause; the slot keeps the
 changes); a table whose columns no longer fit its declaration stops, with a `source_schema`
-alert, until the service restarts with the table or the file fixed.
+alert, until the service restarts with the table or the file fixed (a stopped table does not
+catch up again by itself: the restart is what resolves the alert).
 
     tables:
       - dsn_env: WIKI_DSN          # the DSN from this variable (keeps a password out of the file)
@@ -24,7 +25,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -32,7 +34,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rag.service import RagService
-from shared.ingestion.pg_cdc import TableFollower
+from shared.ingestion.pg_cdc import CatchUp, Sink, TableFollower
 from shared.ingestion.pg_table import SchemaChanged, TableSourceError, TableSpec
 from shared.monitoring.alerts import AlertManager
 
@@ -106,13 +108,36 @@ def schema_alert(alerts: AlertManager, spec: TableSpec, exc: SchemaChanged) -> N
     )
 
 
-class FollowedTables:
-    """One thread per configured table, each keeping its rows current in the service's index."""
+def table_sink(service: RagService, spec: TableSpec) -> Sink:
+    """Where a table's rows go: the service's index, as runs of kind `table` of the table's source."""
+    source, groups = spec.source(), list(spec.default_groups)
 
-    def __init__(self, configs: Sequence[TableSourceConfig], service: RagService, alerts: AlertManager) -> None:
+    def sink(items, removed, complete):  # noqa: ANN001, ANN202
+        return service.ingest_records(source, items, removed=removed, groups=groups, complete=complete, kind="table")
+
+    return sink
+
+
+class FollowedTables:
+    """One thread per configured table, each keeping its rows current in the service's index.
+
+    A thread reconnects after an outage (pauses from 1 s to a minute; the slot keeps the
+    changes) and stops for good on a schema change (with the alert) or an unusable declaration;
+    `states` says which, per table.
+    """
+
+    def __init__(
+        self,
+        configs: Sequence[TableSourceConfig],
+        service: RagService,
+        alerts: AlertManager,
+        *,
+        on_catch_up: Callable[[CatchUp], None] | None = None,
+    ) -> None:
         self.configs = list(configs)
         self.service = service
         self.alerts = alerts
+        self.on_catch_up = on_catch_up
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.states: dict[str, str] = {}  # table → following | retrying: … | stopped: …
@@ -125,34 +150,50 @@ class FollowedTables:
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
+        deadline = time.monotonic() + timeout
         for thread in self._threads:
-            thread.join(timeout)
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+    def wait(self, stop: threading.Event) -> None:
+        """Return when `stop` is set or every table has stopped on its own."""
+        while not stop.wait(0.2):
+            if not any(thread.is_alive() for thread in self._threads):
+                return
 
     def _follow(self, config: TableSourceConfig) -> None:
+        try:
+            self._follow_until_stopped(config)
+        except Exception as exc:  # never a silent death: the state and the log say why
+            self.states[config.table] = f"stopped: {type(exc).__name__}: {exc}"
+            log.exception("table %s is no longer followed", config.table)
+
+    def _follow_until_stopped(self, config: TableSourceConfig) -> None:
         pause = RETRY_S[0]
         while not self._stop.is_set():
             try:
                 spec = config.spec()
-                follower = self._follower(spec, config)
+                follower = TableFollower(
+                    spec,
+                    self.service.metadata,
+                    table_sink(self.service, spec),
+                    mode=config.mode,
+                    poll_s=config.interval_s,
+                )
             except TableSourceError as exc:
-                self.states[config.table] = f"stopped: {exc}"
-                log.error("table %s is not followed: %s", config.table, exc)
+                self._stopped(config, str(exc))
                 return
             try:
                 follower.open()
                 self.states[config.table] = "following"
                 pause = RETRY_S[0]
-                follower.follow(
-                    self._stop, on_catch_up=lambda _done, key=spec.source(): self.alerts.resolve(SCHEMA_ALERT, key)
-                )
+                follower.follow(self._stop, on_catch_up=lambda done, key=spec.source(): self._caught_up(key, done))
                 return
             except SchemaChanged as exc:
                 schema_alert(self.alerts, spec, exc)
-                self.states[config.table] = f"stopped: {exc}"
+                self._stopped(config, str(exc))
                 return
             except TableSourceError as exc:
-                self.states[config.table] = f"stopped: {exc}"
-                log.error("table %s is not followed: %s", config.table, exc)
+                self._stopped(config, str(exc))
                 return
             except Exception as exc:  # the database went away: the slot keeps the changes, try again
                 self.states[config.table] = f"retrying: {type(exc).__name__}: {str(exc).strip()[:200]}"
@@ -162,13 +203,11 @@ class FollowedTables:
             self._stop.wait(pause)
             pause = min(pause * 2, RETRY_S[1])
 
-    def _follower(self, spec: TableSpec, config: TableSourceConfig) -> TableFollower:
-        source = spec.source()
-        groups = list(spec.default_groups)
+    def _caught_up(self, source: str, done: CatchUp) -> None:
+        self.alerts.resolve(SCHEMA_ALERT, source)
+        if self.on_catch_up is not None:
+            self.on_catch_up(done)
 
-        def sink(items, removed, complete):  # noqa: ANN001, ANN202
-            return self.service.ingest_records(
-                source, items, removed=removed, groups=groups, complete=complete, kind="table"
-            )
-
-        return TableFollower(spec, self.service.metadata, sink, mode=config.mode, poll_s=config.interval_s)
+    def _stopped(self, config: TableSourceConfig, why: str) -> None:
+        self.states[config.table] = f"stopped: {why}"
+        log.error("table %s is not followed: %s", config.table, why)

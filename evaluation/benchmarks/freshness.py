@@ -57,12 +57,21 @@ def _documents(corpus: Path, limit: int) -> list[tuple[str, str]]:
         text = path.read_text(encoding="utf-8", errors="replace").strip()
         if len(text) < 200:
             continue
-        docs.append((path.stem.replace("_", " ").replace("-", " "), text[:MAX_CHARS]))
+        docs.append((path.stem.replace("_", " ").replace("-", " "), _cut(text)))
         if len(docs) == limit:
             break
     if len(docs) < limit:
         raise click.ClickException(f"{corpus} has only {len(docs)} Markdown files of 200+ characters; lower --rows")
     return docs
+
+
+def _cut(text: str) -> str:
+    """The document up to MAX_CHARS, cut at a paragraph, with a code fence left open closed again
+    (or the section appended by a change would be read as code, not as a heading)."""
+    if len(text) > MAX_CHARS:
+        head = text[:MAX_CHARS]
+        text = head[: head.rfind("\n\n")] if "\n\n" in head else head
+    return text + "\n```" if text.count("```") % 2 else text
 
 
 def _marker(n: int) -> tuple[str, str, str]:
@@ -119,16 +128,33 @@ def _service(home: Path):  # noqa: ANN202
 
 
 def bench_table(dsn: str, docs: list[tuple[str, str]], changes: int, work: Path) -> dict:
-    """Snapshot, then `changes` single-row commits followed live, then one bulk change."""
+    """Snapshot, then `changes` single-row commits followed live, then one bulk change, in a
+    database of its own that goes afterwards (with its replication slot), whatever happens."""
     import psycopg
-
-    from shared.ingestion.pg_cdc import TableFollower
-    from shared.ingestion.pg_table import TableSpec
+    from psycopg.conninfo import make_conninfo
 
     db = f"freshness_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(dsn, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{db}"')
-    db_dsn = f"{dsn} dbname={db}"
+    db_dsn = make_conninfo(dsn, dbname=db)
+    try:
+        return _bench_table(db_dsn, docs, changes, work)
+    finally:
+        with psycopg.connect(db_dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE database = current_database()"
+            )
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+
+
+def _bench_table(db_dsn: str, docs: list[tuple[str, str]], changes: int, work: Path) -> dict:
+    import psycopg
+
+    from rag.table_sources import table_sink
+    from shared.ingestion.pg_cdc import TableFollower
+    from shared.ingestion.pg_table import TableSpec
+
     with psycopg.connect(db_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE pages (id integer PRIMARY KEY, title text NOT NULL, body text NOT NULL)")
         with conn.cursor() as cur:
@@ -138,13 +164,8 @@ def bench_table(dsn: str, docs: list[tuple[str, str]], changes: int, work: Path)
     spec = TableSpec(dsn=db_dsn, table="pages", id="id", text="body", title="title")
     out: dict = {"rows": len(docs)}
     with _service(work / "table-home") as service, psycopg.connect(db_dsn, autocommit=True) as conn:
-        source = spec.source()
-
-        def sink(items, removed, complete):  # noqa: ANN001, ANN202
-            return service.ingest_records(source, items, removed=removed, complete=complete, kind="table")
-
         service.warm_up()
-        follower = TableFollower(spec, service.metadata, sink, poll_s=0.25).open()
+        follower = TableFollower(spec, service.metadata, table_sink(service, spec), poll_s=0.25).open()
         t0 = time.perf_counter()
         snap = follower.catch_up()
         snap_s = time.perf_counter() - t0
@@ -180,7 +201,6 @@ def bench_table(dsn: str, docs: list[tuple[str, str]], changes: int, work: Path)
             "rows_per_s": round(bulk.counts()["updated"] / bulk_s, 1),
             "chunks_per_s": round(bulk.counts()["chunks"] / bulk_s, 1),
         }
-        follower.drop()
         follower.close()
     return out
 
@@ -260,7 +280,7 @@ def freshness(
             except ClusterUnavailable as exc:
                 raise click.ClickException(f"{exc}; give --dsn of a PostgreSQL with wal_level=logical") from exc
         click.echo(f"table: {rows} rows, {changes} changes…", err=True)
-        result["table"] = bench_table(dsn.replace(" dbname=postgres", ""), docs, changes, work)
+        result["table"] = bench_table(dsn, docs, changes, work)
         if events:
             click.echo(f"events: {events} through JetStream…", err=True)
             try:

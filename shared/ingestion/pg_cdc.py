@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from shared.ingestion.pg_table import (
@@ -102,7 +101,7 @@ class TableFollower:
         self.sink = sink
         self.requested = mode
         self.poll_s = poll_s  # seconds between looks when idle; None: 0.25 (cdc) or 5 (poll) once open
-        self.overlap = timedelta(seconds=overlap_s)
+        self.overlap_s = overlap_s
         self.heartbeat_s = heartbeat_s
         self.peek_limit = peek_limit
         self._connect = connect or _autocommit_connection
@@ -270,7 +269,9 @@ class TableFollower:
         watermark = self._max_updated_at() if self.mode == "poll" else None
         items = list(read_rows(self._conn, self.spec, self.source))
         run = self.sink(items, [], True)
-        self._save(position=position or (watermark.isoformat() if watermark else ""), snapshot_done=True)
+        if position:  # what committed before the read is in it: the slot need not replay it
+            self._advance(position)
+        self._save(position=position or watermark or "", snapshot_done=True)
         log.info("table source %s: snapshot of %d rows indexed (run #%s)", self.source, len(items), run.run_id)
         return CatchUp(mode=str(self.mode), runs=[run], position=self._state().get("position", ""), snapshot=True)
 
@@ -302,10 +303,12 @@ class TableFollower:
                 log.info("table source %s: truncated at the source; the table was read again", self.source)
             elif window.keys:
                 done.runs.append(self._apply_keys(sorted(window.keys)))
-            if window.end_lsn is not None:
-                self._advance(lsn_text(window.end_lsn))
-            if window.end_lsn is None:  # nothing (more) committed before the target
+            if window.end_lsn is None:  # nothing (more) of this table committed before the target
+                # Other tables' transactions send nothing (PostgreSQL 15+ skips them), so the slot
+                # is moved to the target by hand: decoding stops at commits, none of ours lies before it.
+                self._advance(target)
                 break
+            self._advance(lsn_text(window.end_lsn))
         done.position = self._state().get("position", "")
         return done
 
@@ -320,11 +323,12 @@ class TableFollower:
                 if msg.qualified == self.spec.qualified:
                     names = [c.name for c in msg.columns]
                     self._id_index = names.index(self.spec.id) if self.spec.id in names else None
-            elif isinstance(msg, RowChange):
-                value = msg.values[self._id_index] if self._id_index is not None else None
-                if isinstance(value, str):
-                    txn_keys.add(value)
-                    txn_changes += 1
+            elif isinstance(msg, RowChange) and self._id_index is not None:
+                # An UPDATE of the id names the old one too: re-reading it finds nothing, so it is removed.
+                for values in (msg.values, msg.old_values or ()):
+                    if len(values) > self._id_index and isinstance(values[self._id_index], str):
+                        txn_keys.add(values[self._id_index])
+                txn_changes += 1
             elif isinstance(msg, Truncate):
                 txn_truncated = True
             elif isinstance(msg, Commit):
@@ -338,7 +342,10 @@ class TableFollower:
     def _check_schema(self) -> None:
         """The table's columns from the catalog against the declaration; SchemaChanged stops the source
         before anything of the changed table is written (the slot stays where it was)."""
-        self._columns = table_columns(self._conn, self.spec)
+        try:
+            self._columns = table_columns(self._conn, self.spec)
+        except TableSourceError as exc:  # it was there when the source started: dropped or renamed since
+            raise SchemaChanged(f"{exc}. The source is stopped; restore the table or declare the new one") from exc
         check_columns(self.spec, self._columns, id_type_oid=self._state().get("id_type_oid"))
 
     def _apply_keys(self, keys: Sequence[str]) -> RunSummary:
@@ -354,11 +361,15 @@ class TableFollower:
 
     def _catch_up_poll(self, state: dict) -> CatchUp:
         self._check_schema()
-        since = datetime.fromisoformat(state["position"]) - self.overlap if state.get("position") else None
+        since = state.get("position") or None
         watermark = self._max_updated_at()
-        items = self._not_indexed(read_rows(self._conn, self.spec, self.source, changed_since=since))
+        column_type = self._columns[str(self.spec.updated_at)].type
+        rows = read_rows(
+            self._conn, self.spec, self.source, changed_since=since, since_type=column_type, overlap_s=self.overlap_s
+        )
+        items = self._not_indexed(rows)
         runs = [self.sink(items, [], False)] if items else []
-        position = watermark.isoformat() if watermark else state.get("position", "")
+        position = watermark or state.get("position", "")
         self._save(position=position, snapshot_done=True)
         return CatchUp(mode="poll", runs=runs, position=position, changes=len(items))
 
@@ -399,22 +410,25 @@ class TableFollower:
     def _current_lsn(self) -> str:
         return self._conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
 
-    def _max_updated_at(self) -> datetime | None:
+    def _max_updated_at(self) -> str | None:
+        """The newest updated-at, as text in the column's own type (a naive timestamp stays naive)."""
         from psycopg import sql
 
-        value = self._conn.execute(
-            sql.SQL("SELECT max({}) FROM {}.{}").format(
+        return self._conn.execute(
+            sql.SQL("SELECT max({})::text FROM {}.{}").format(
                 sql.Identifier(self.spec.updated_at or self.spec.id),
                 sql.Identifier(self.spec.schema_name),
                 sql.Identifier(self.spec.table_name),
             )
         ).fetchone()[0]
-        if isinstance(value, datetime) and value.tzinfo is None:
-            value = value.replace(tzinfo=UTC)
-        return value if isinstance(value, datetime) else None
 
     def drop(self) -> None:
-        """Retire the source at PostgreSQL: drop its slot (which holds WAL) and publication."""
+        """Retire the source at PostgreSQL: drop its slot (which holds WAL) and publication.
+
+        Needs only a connection: a table that is gone or changed must not keep its slot.
+        """
+        if self._conn is None:
+            self._conn = self._connect(self.spec.dsn)
         name = self.spec.slug()
         if self._conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (name,)).fetchone():
             self._conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
@@ -428,6 +442,16 @@ def _autocommit_connection(dsn: str) -> Any:
     import psycopg
 
     try:
-        return psycopg.connect(dsn, autocommit=True, application_name="loopline-table-source")
+        # Bounded waits: a half-open connection must fail over to a reconnect, not hang the follower.
+        return psycopg.connect(
+            dsn,
+            autocommit=True,
+            application_name="loopline-table-source",
+            connect_timeout=10,
+            keepalives=1,
+            keepalives_idle=30,
+            keepalives_interval=10,
+            keepalives_count=3,
+        )
     except psycopg.OperationalError as exc:
         raise SourceUnavailable(f"cannot connect to PostgreSQL: {str(exc).strip().splitlines()[0]}") from exc

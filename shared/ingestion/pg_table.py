@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
 from shared.ingestion.records import record_item
 from shared.ingestion.schema import SchemaError, validate_record
@@ -138,7 +138,9 @@ def check_columns(spec: TableSpec, found: dict[str, TableColumn], *, id_type_oid
         have = found.get(col)
         if have is None:
             problems.append(f"column '{col}' (--{role.replace('_', '-')}) is missing")
-        elif have.category not in ACCEPTED[role]:
+        elif have.category not in ACCEPTED[role] or (
+            role == "updated_at" and not (have.type.startswith("timestamp") or have.type == "date")
+        ):
             problems.append(f"column '{col}' (--{role.replace('_', '-')}) is {have.type}, which it cannot use")
     id_now = found.get(spec.id)
     if id_type_oid is not None and id_now is not None and id_now.type_oid != id_type_oid:
@@ -151,9 +153,7 @@ def check_columns(spec: TableSpec, found: dict[str, TableColumn], *, id_type_oid
 
 
 class Row(BaseModel):
-    """A row as the index takes it; the aliases are the table's column names, so errors name them."""
-
-    model_config = ConfigDict(populate_by_name=True)
+    """A row as the index takes it, by role; errors are reported under the table's column names."""
 
     id: str = Field(min_length=1)
     text: str = Field(min_length=1)
@@ -161,32 +161,12 @@ class Row(BaseModel):
     groups: list[str] | None = None
     updated_at: datetime | None = None
 
-    @field_validator("id", mode="before")
-    @classmethod
-    def _id_as_text(cls, value: object) -> object:
-        return str(value) if isinstance(value, int) or type(value).__name__ == "UUID" else value
-
     @field_validator("groups", mode="before")
     @classmethod
     def _comma_separated(cls, value: object) -> object:
         if isinstance(value, str):
             return [g.strip() for g in value.split(",") if g.strip()]
         return value
-
-
-def row_model(spec: TableSpec) -> type[Row]:
-    """`Row` with the declared columns as aliases (validation messages name the table's columns)."""
-    from pydantic import create_model
-
-    fields: dict[str, Any] = {}
-    for role, col in spec.columns().items():
-        info = Row.model_fields[role]
-        fields[role] = (info.annotation, Field(default=info.default, alias=col, **_constraints(role)))
-    return create_model(f"{spec.table_name}_row", __base__=Row, **fields)  # type: ignore[call-overload]
-
-
-def _constraints(role: str) -> dict[str, Any]:
-    return {"min_length": 1} if role in {"id", "text"} else {}
 
 
 def select_sql(spec: TableSpec) -> Any:
@@ -200,16 +180,17 @@ def select_sql(spec: TableSpec) -> Any:
     )
 
 
-def to_item(spec: TableSpec, source: str, model: type[Row], values: Sequence[Any]) -> SourceItem:
-    """One row as a record item, or as an invalid one naming the column and the reason."""
-    roles = list(spec.columns())
-    data = {spec.columns()[role]: value for role, value in zip(roles, values, strict=True)}
+def to_item(spec: TableSpec, source: str, values: Sequence[Any]) -> SourceItem:
+    """One row as a record item, or as an invalid one naming the table's column and the reason."""
+    columns = spec.columns()
     row_id = str(values[0])
     try:
-        row = validate_record(model, data)
+        row = validate_record(Row, dict(zip(columns, values, strict=True)))
     except SchemaError as exc:
-        return record_item(source, spec.key(row_id), None, invalid=f"column '{exc.field}' {exc.problem}")
-    groups = row.groups if row.groups else list(spec.default_groups)
+        role = exc.field.split(".")[0]
+        return record_item(source, spec.key(row_id), None, invalid=f"column '{columns.get(role, role)}' {exc.problem}")
+    # NULL: the defaults; an empty list: nobody but admins (clearing the readers revokes access).
+    groups = row.groups if row.groups is not None else list(spec.default_groups)
     return record_item(source, spec.key(row.id), row.text, title=row.title or "", groups=groups)
 
 
@@ -220,22 +201,26 @@ def read_rows(
     *,
     ids: Sequence[str] | None = None,
     id_type: str = "text",
-    changed_since: datetime | None = None,
+    changed_since: str | None = None,
+    since_type: str = "timestamptz",
+    overlap_s: float = 0.0,
 ) -> Iterator[SourceItem]:
     """Rows as items: the whole table, those of `ids` (keys absent from the result were deleted),
-    or those whose updated-at column is at or after `changed_since`."""
+    or those whose updated-at column is at or after `changed_since` (text of the column's type,
+    compared in that type) minus `overlap_s`."""
     from psycopg import sql
 
-    model = row_model(spec)
     query = select_sql(spec)
     params: tuple = ()
     if ids is not None:  # cast to the column's type (from the catalog) so its index serves the lookup
         query = sql.SQL("{} WHERE {} = ANY(%s::{}[])").format(query, sql.Identifier(spec.id), sql.SQL(id_type))
         params = (list(ids),)
     elif changed_since is not None and spec.updated_at:
-        query = sql.SQL("{} WHERE {} >= %s").format(query, sql.Identifier(spec.updated_at))
-        params = (changed_since,)
+        query = sql.SQL("{} WHERE {} >= %s::{} - make_interval(secs => %s)").format(
+            query, sql.Identifier(spec.updated_at), sql.SQL(since_type)
+        )
+        params = (changed_since, overlap_s)
     with conn.cursor() as cur:
         cur.execute(query, params)
         for values in cur:
-            yield to_item(spec, source, model, values)
+            yield to_item(spec, source, values)

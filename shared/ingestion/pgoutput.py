@@ -53,6 +53,7 @@ class RowChange:
     op: Literal["insert", "update", "delete"]
     relation: int
     values: tuple[object, ...]  # str, None (NULL), bytes (binary) or UNCHANGED, in column order
+    old_values: tuple[object, ...] | None = None  # an UPDATE that changed the key: the old key (or row)
 
 
 @dataclass(frozen=True)
@@ -148,10 +149,11 @@ def decode(data: bytes) -> Message:
     if tag == "U":
         (oid,) = r.unpack("!i")
         kind = r.byte()
-        if kind in "KO":  # the old key (or whole old row): the new tuple follows
-            r.tuple_data()
+        old = None
+        if kind in "KO":  # the old key (or whole old row), sent when the key changed: the new tuple follows
+            old = r.tuple_data()
             kind = r.byte()
-        return RowChange("update", oid & 0xFFFFFFFF, r.tuple_data())
+        return RowChange("update", oid & 0xFFFFFFFF, r.tuple_data(), old)
     if tag == "D":
         (oid,) = r.unpack("!i")
         r.byte()  # 'K' (key columns) or 'O' (the whole old row)

@@ -12,6 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -124,6 +125,38 @@ def test_snapshot_then_changes_reach_answers_with_their_readers(make_service, kb
     follower.close()
 
 
+def test_a_changed_id_and_cleared_readers_leave_nothing_readable_behind(make_service, kb):
+    service = make_service()
+    spec = _spec(kb)
+    follower = _follower(service, spec)
+    follower.catch_up()
+    _sql(kb, "UPDATE articles SET id = 20 WHERE id = 2", "UPDATE articles SET readers = '{}' WHERE id = 1")
+    done = follower.catch_up()
+    assert (done.counts()["added"], done.counts()["deleted"]) == (1, 1)
+    assert service.metadata.find_document(spec.source(), spec.key("2")) is None
+    assert service.store.count(doc_id=service.metadata.find_document(spec.source(), spec.key("20")).id) == 1
+    assert _answer(service, "How often does the VPN password rotate?", STAFF) == ""  # no readers: admins only
+    assert "90 days" in _answer(service, "How often does the VPN password rotate?", ADMIN)
+    follower.close()
+
+
+def test_an_idle_table_lets_its_slot_move_past_other_tables_writes(make_service, kb):
+    service = make_service()
+    spec = _spec(kb)
+    follower = _follower(service, spec)
+    follower.catch_up()
+    _sql(kb, "CREATE TABLE busy (n integer)", "INSERT INTO busy SELECT generate_series(1, 1000)")
+    with psycopg.connect(kb, autocommit=True) as conn:
+        after = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+        assert follower.catch_up().runs == []
+        flushed = conn.execute(
+            "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+            (after, spec.slug()),
+        ).fetchone()[0]
+    assert flushed  # the server may recycle that WAL: a quiet table does not pin it
+    follower.close()
+
+
 def test_a_crash_between_read_and_write_replays_without_loss_or_duplicates(make_service, kb):
     service = make_service()
     spec = _spec(kb)
@@ -212,6 +245,37 @@ def test_a_dropped_column_stops_the_source_with_an_alert(make_service, kb, tmp_p
         store.close()
 
 
+def test_follow_on_the_command_line_streams_until_sigterm_and_drop_retires_the_slot(kb, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LOOPLINE_HOME": str(tmp_path / "home")}
+    loopline = str(Path(sys.executable).with_name("loopline"))
+    args = [loopline, "rag", "ingest-table", kb, "--table", "articles", "--id", "id", "--text", "body", "--json"]
+    proc = subprocess.Popen([*args, "--follow"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = json.loads(proc.stdout.readline())  # the snapshot
+        assert first["snapshot"] and first["added"] == 3
+        _sql(kb, "INSERT INTO articles (id, title, body) VALUES (8, 'Mail', 'Parcels wait at the front desk.')")
+        second = json.loads(proc.stdout.readline())
+        assert (second["added"], second["transactions"]) == (1, 1)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    spec = _spec(kb)
+    _sql(kb, "DROP TABLE articles")  # a retired table: its slot must still go
+    dropped = subprocess.run([*args, "--drop"], env=env, capture_output=True, text=True, timeout=120)
+    assert dropped.returncode == 0, dropped.stderr
+    with psycopg.connect(kb, autocommit=True) as conn:
+        assert (
+            conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s", (spec.slug(),)).fetchone()[0]
+            == 0
+        )
+
+
 def test_a_retyped_column_inside_the_stream_stops_before_any_write_and_resumes_once_fixed(make_service, kb):
     service = make_service()
     spec = _spec(kb)
@@ -286,6 +350,33 @@ def test_without_logical_replication_it_polls_the_updated_at_column(make_service
         TableFollower(_spec(dsn), service.metadata, lambda *a: None, mode="cdc").open()
     with pytest.raises(TableSourceError, match="--updated-at"):
         TableFollower(_spec(dsn, updated_at=None), service.metadata, lambda *a: None).open()
+
+
+def test_polling_a_naive_timestamp_column_east_of_utc_misses_nothing(make_service, postgres_url, monkeypatch):
+    monkeypatch.setenv("PGTZ", "Asia/Tokyo")  # the session's time zone, 9 hours east of UTC
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    _sql(
+        dsn,
+        "CREATE TABLE notes (id integer PRIMARY KEY, body text, changed timestamp NOT NULL DEFAULT localtimestamp)",
+        "INSERT INTO notes (id, body) VALUES (1, 'The library closes at six.')",
+    )
+    service = make_service()
+    spec = TableSpec(dsn=dsn, table="notes", id="id", text="body", updated_at="changed")
+    follower = _follower(service, spec)
+    assert follower.mode == "poll"
+    follower.catch_up()
+    _sql(dsn, "UPDATE notes SET body = 'The library closes at nine.', changed = localtimestamp WHERE id = 1")
+    assert follower.catch_up().counts()["updated"] == 1
+    assert "nine" in _answer(service, "When does the library close?")
+    follower.close()
+
+
+def test_an_updated_at_column_that_is_not_a_timestamp_is_refused(make_service, postgres_url):
+    dsn = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    _sql(dsn, "CREATE TABLE notes (id integer PRIMARY KEY, body text, changed time)")
+    service = make_service()
+    with pytest.raises(SchemaChanged, match="'changed' .* is time without time zone"):
+        _follower(service, TableSpec(dsn=dsn, table="notes", id="id", text="body", updated_at="changed"))
 
 
 def test_cdc_refuses_a_table_whose_deletes_would_not_name_the_id(make_service, cluster):
