@@ -9,23 +9,23 @@ linked, so an event cannot make the server read arbitrary files or republish upl
 A batch of events goes through `RagService.ingest_records`, one run per source: the last event
 of an id in the batch wins, deletes become `removed`. Replays are harmless (content hashes:
 the same text again is unchanged), so redelivery after a crash neither loses nor duplicates; a
-failed event redelivered after a newer event of its id was written is skipped (this process
-remembers the newest stream sequence it wrote per id), so it cannot bring the old text back.
-What the ingest refuses (no text, over a limit, a bad link) is a dead letter of its run and is
-sent to the dead-letter subject. What this module does not do: talk to NATS itself (see
-shared/ingestion/jetstream.py).
+failed event redelivered after a newer event of its id was written is skipped, so it cannot
+bring the old text back: this process remembers the newest stream sequence it wrote for each of
+the last `REMEMBERED_IDS` ids, within one incarnation of the stream (a stream deleted and
+created again numbers from 1 again, and its events are new). What the ingest refuses (no text,
+over a limit, a bad link) is a dead letter of its run and is sent to the dead-letter subject.
+What this module does not do: talk to NATS itself (see shared/ingestion/jetstream.py).
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import logging
 import tempfile
-import time
-import uuid
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from shared.ingestion import RunSummary, SourceItem, record_item
 from shared.ingestion.jetstream import (
-    DLQ,
     DOCUMENTS,
     Connection,
     ConsumerSpec,
@@ -42,7 +41,6 @@ from shared.ingestion.jetstream import (
     JetStreamConsumer,
     Rejection,
     Topology,
-    delete_streams,
     from_settings,
     publish,
 )
@@ -57,6 +55,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 LINKED_OBJECTS = "documents"  # `object:KEY` reads KEY under this prefix of the object store, nothing else
 SOURCE_KIND = "events"
+REMEMBERED_IDS = 100_000  # ids whose newest written sequence this process remembers (least recent forgotten)
 Group = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
 
@@ -139,8 +138,8 @@ class DocumentEvents:
         self.objects = objects.scoped(LINKED_OBJECTS) if objects is not None else None
         self.ingest_roots = list(ingest_roots)
         self.totals = RunTotals()
-        # (source, id) → the stream sequence of the newest event written for it by this process
-        self._applied: dict[tuple[str, str], int] = {}
+        # (source, id) → the stream incarnation and sequence of the newest event written for it, least recent first
+        self._applied: OrderedDict[tuple[str, str], tuple[tuple[str, datetime | None], int]] = OrderedDict()
 
     def source_of(self, subject: str) -> str:
         """`events:hr` for `loopline.documents.hr`."""
@@ -150,7 +149,7 @@ class DocumentEvents:
         latest: dict[str, dict[str, Delivery[DocumentEvent]]] = {}
         for d in batch:
             source = self.source_of(d.subject)
-            if self._applied.get((source, d.event.id), 0) > d.stream_seq:
+            if self._superseded((source, d.event.id), d):
                 # A redelivery overtaken by a newer event of the same id (it failed, the newer one did not):
                 # applying it now would bring back the old version.
                 self.totals.superseded += 1
@@ -162,8 +161,20 @@ class DocumentEvents:
         for source, events in latest.items():
             rejected |= self._ingest(source, events)
             for key, d in events.items():
-                self._applied[(source, key)] = max(self._applied.get((source, key), 0), d.stream_seq)
+                self._remember((source, key), d)
         return rejected
+
+    def _superseded(self, key: tuple[str, str], d: Delivery[DocumentEvent]) -> bool:
+        seen = self._applied.get(key)
+        return seen is not None and seen[0] == (d.stream, d.stream_created) and seen[1] > d.stream_seq
+
+    def _remember(self, key: tuple[str, str], d: Delivery[DocumentEvent]) -> None:
+        incarnation = (d.stream, d.stream_created)
+        seen = self._applied.pop(key, None)
+        seq = max(seen[1], d.stream_seq) if seen is not None and seen[0] == incarnation else d.stream_seq
+        self._applied[key] = (incarnation, seq)
+        while len(self._applied) > REMEMBERED_IDS:
+            self._applied.popitem(last=False)
 
     def _ingest(self, source: str, events: Mapping[str, Delivery[DocumentEvent]]) -> dict[int, Rejection]:
         home = self.service.settings.ensure_home()
@@ -215,6 +226,11 @@ class DocumentEvents:
 
 
 # --- building and running the consumer ---------------------------------------------------------
+def event_id(data: Any) -> str | None:
+    """The `id` of a decoded event, also of one the schema refuses (a dead letter's path)."""
+    return data.get("id") if isinstance(data, dict) else None
+
+
 def document_consumer(
     service: RagService,
     settings: Settings,
@@ -253,6 +269,7 @@ def document_consumer(
         events,
         dead_letters=service.metadata,
         source_of=events.source_of,
+        key_of=event_id,
         on_stop=service.stop,
     )
 
@@ -289,38 +306,3 @@ def publish_document_events(
 
     messages = ((topology.subject(DOCUMENTS, source), encode(ev), None) for source, ev in events)
     return publish(connection, messages, topology=topology, kinds=[DOCUMENTS])
-
-
-def measure_event_throughput(
-    service: RagService, url: str, docs: Sequence[tuple[str, str]], events: int, *, source: str = "bench"
-) -> dict[str, Any]:
-    """Publish `events` upserts of new ids (cycling through the (title, text) `docs`), then drain them
-    through the durable consumer with embedding and time it: the benchmark's events/s.
-
-    Runs under a prefix of its own whose streams are deleted afterwards, so it never meets a
-    deployment's streams. StreamUnavailable (a ConnectionError) when NATS does not answer.
-    """
-    connection = Connection(url)
-    topology = Topology(f"bench{uuid.uuid4().hex[:10]}")
-    pairs = itertools.islice(itertools.cycle(docs), events)
-    try:
-        t0 = time.perf_counter()
-        publish_document_events(
-            connection,
-            ((source, {"id": f"event-{i}", "title": title, "text": text}) for i, (title, text) in enumerate(pairs)),
-            topology=topology,
-        )
-        published_s = time.perf_counter() - t0
-        consumer = document_consumer(service, service.settings, url=url, topology=topology)
-        consumer.drain()
-    finally:
-        delete_streams(connection, topology, [DOCUMENTS, DLQ])
-    out = report(consumer)
-    return {
-        "events": events,
-        "publish_s": round(published_s, 3),
-        "drain_s": out["seconds"],
-        "events_per_s": out["events_per_s"],
-        "batch": consumer.spec.batch,
-        **{k: out[k] for k in ("acked", "added", "chunks", "retried", "dead_lettered")},
-    }

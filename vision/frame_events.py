@@ -4,10 +4,11 @@ A `FrameAnnouncement` on `PREFIX.frames.DEVICE` carries the frame's record (`met
 `FrameMeta` as an upload) and its image: inline as base64 (`image_b64`) for frames that fit
 NATS's default 1 MB payload with room to spare (about 700 KB of JPEG or PNG), or as
 `image_key`, an object under `frames-incoming/DEVICE/` in the object store that the publisher
-wrote first (larger frames; the claim-check pattern), removed once the frame is stored. The
-image then goes through `vision.api.store_frame`: the same checks (type, bytes, pixels, full
-decode), the same storage, idempotent on `frame_id` (a redelivery is a duplicate, counted
-once), the fleet from the device registry.
+wrote first (larger frames; the claim-check pattern). The image then goes through
+`vision.api.store_frame`: the same checks (type, bytes, pixels, full decode), the same storage,
+idempotent on `frame_id` (a redelivery is a duplicate, counted once), the fleet from the device
+registry. The incoming object is removed once the frame is stored, and once the announcement is
+dead-lettered because the checks refuse its image (not after a failure that is retried).
 
 Announcements carry no device token: the device must be registered (LOOPLINE_DEVICES_FILE)
 and the subject names it, so who may publish on `PREFIX.frames.DEVICE` is decided by NATS's
@@ -22,6 +23,7 @@ import base64
 import binascii
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -95,11 +97,12 @@ class FrameAnnouncement(BaseModel):
 
 
 class Refused(Exception):
-    """An announcement that can never be stored: its reason and the field at fault."""
+    """An announcement that can never be stored: its reason, the field at fault, and what to
+    remove once it is dead-lettered (`cleanup`)."""
 
-    def __init__(self, reason: str, field: str) -> None:
+    def __init__(self, reason: str, field: str, cleanup: Callable[[], None] | None = None) -> None:
         super().__init__(reason)
-        self.reason, self.field = reason, field
+        self.reason, self.field, self.cleanup = reason, field, cleanup
 
 
 @dataclass
@@ -127,7 +130,7 @@ class FrameEvents:
             try:
                 self._store(d)
             except Refused as exc:
-                rejected[d.stream_seq] = Rejection(exc.reason, field=exc.field)
+                rejected[d.stream_seq] = Rejection(exc.reason, field=exc.field, cleanup=exc.cleanup)
         return rejected
 
     def _store(self, d: Delivery[FrameAnnouncement]) -> None:
@@ -150,13 +153,22 @@ class FrameEvents:
         except HTTPException as exc:
             if exc.status_code >= 500:
                 raise
-            raise Refused(str(exc.detail), "meta.frame_id" if exc.status_code == 409 else field) from None
+            # Never storable: its incoming copy goes once the announcement is dead-lettered for good.
+            cleanup = self._remover(ann.image_key)
+            raise Refused(str(exc.detail), "meta.frame_id" if exc.status_code == 409 else field, cleanup) from None
         if ann.image_key is not None and self.incoming is not None:
             self.incoming.delete(ann.image_key)
         if out.duplicate:
             self.totals.duplicates += 1
         else:
             self.totals.stored += 1
+
+    def _remover(self, key: str | None) -> Callable[[], None] | None:
+        """Removes the incoming object `key` (already checked to be the device's own); None for inline images."""
+        incoming = self.incoming
+        if key is None or incoming is None:
+            return None
+        return lambda: incoming.delete(key)
 
     def _incoming_image(self, device_id: str, fm: FrameMeta, key: str) -> bytes | None:
         prefix = f"{device_id}/"
@@ -177,6 +189,12 @@ class FrameEvents:
 
 
 # --- building and running the consumer ---------------------------------------------------------
+def frame_id(data: Any) -> str | None:
+    """The `meta.frame_id` of a decoded announcement, also of one the schema refuses (a dead letter's path)."""
+    meta = data.get("meta") if isinstance(data, dict) else None
+    return meta.get("frame_id") if isinstance(meta, dict) else None
+
+
 def frame_consumer(
     api: VisionApi,
     settings: Settings,
@@ -203,7 +221,13 @@ def frame_consumer(
         topology=topology,
     )
     return JetStreamConsumer(
-        connection, spec, FrameAnnouncement, events, dead_letters=dead_letters, source_of=events.source_of
+        connection,
+        spec,
+        FrameAnnouncement,
+        events,
+        dead_letters=dead_letters,
+        source_of=events.source_of,
+        key_of=frame_id,
     )
 
 

@@ -41,6 +41,7 @@ from pathlib import Path
 import click
 
 from evaluation.benchmarks.command import given_args
+from shared.redact import masked_text
 
 log = logging.getLogger(__name__)
 MODULE = "evaluation.benchmarks.freshness"
@@ -238,7 +239,7 @@ def bench_folder(docs: list[tuple[str, str]], changes: int, work: Path) -> dict:
 
 def bench_events(url: str, docs: list[tuple[str, str]], events: int, work: Path) -> dict:
     """Document events through NATS JetStream with embedding: events/s of one drain."""
-    from rag.events import measure_event_throughput
+    from evaluation.benchmarks.event_throughput import measure_event_throughput
 
     with _service(work / "events-home") as service:
         service.warm_up()
@@ -286,12 +287,12 @@ def freshness(
             try:
                 result["events"] = bench_events(nats_url, docs, events, work)
             except (OSError, TimeoutError, ConnectionError) as exc:
-                result["events"] = {"skipped": f"NATS at {nats_url} not reachable: {exc}"}
+                result["events"] = {"skipped": masked_text(f"NATS at {nats_url} not reachable: {exc}")}
         if folder_changes:
             click.echo(f"folder: {rows} files, {folder_changes} changes…", err=True)
             result["folder"] = bench_folder(docs, folder_changes, work)
     result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()}
-    result["command"] = " ".join([f"python -m {MODULE}", *given_args(ctx)])
+    result["command"] = masked_text(" ".join([f"python -m {MODULE}", *given_args(ctx)]))
     click.echo(json.dumps(result, indent=2) if as_json else render(result))
 
 

@@ -6,24 +6,30 @@ returned, i.e. after its write; a handler that raises gets its messages nak'ed a
 after a short delay (a failing batch is first retried one message at a time, so one poison
 event does not take its batch-mates down); a process that dies mid-batch gets them redelivered
 after `ack_wait`. A message that does not decode or fit its schema, that the handler rejects,
-or that failed on its last allowed attempt goes to the dead-letter subject `PREFIX.dlq.SUBJECT`
-(its bytes unchanged, `Loopline-*` headers naming the reason, the field and the original
-subject), is recorded as a dead letter in the metadata store, and is terminated.
+or that failed on its last allowed attempt is recorded as a dead letter in the metadata store,
+goes to the dead-letter subject `PREFIX.dlq.SUBJECT` (its bytes unchanged, `Loopline-*` headers
+naming the reason, the field and the original subject), and is terminated.
 
 The consumer's server-side `max_deliver` is one more than the attempts the handler gets: a
 message whose last attempt never finished (the process died) comes back once more and goes
-straight to the dead-letter subject, so every message ends acknowledged or dead-lettered.
+straight to the dead-letter subject, so every message ends acknowledged or dead-lettered. A
+dead letter that cannot be published to its subject is given back and published again on a
+later delivery; on its last delivery it is terminated all the same, its record in the metadata
+store (an error in the log says so). Only where it could be neither recorded nor published does
+it stay unacknowledged in the stream.
 
 nats-py is asynchronous; this module runs it on an event loop of its own and offers a
 synchronous API (`drain`, `follow`, `ConsumerThread`) for the CLI and for `loopline serve`'s
 background thread. A NATS outage delays, never loses: the client reconnects forever while
 following, and unacknowledged messages stay in the stream. What this module does not do: know
-what an event means (the vertical's schema and handler) or handle two batches at once.
+what an event means (the vertical's schema and handler) or handle two batches at once. Server
+URLs are shown with their passwords masked (shared/redact.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import re
@@ -31,8 +37,10 @@ import signal
 import threading
 import time
 import unicodedata
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -41,6 +49,7 @@ from pydantic import BaseModel
 from shared.ingestion.pipeline import Cancelled
 from shared.ingestion.schema import SchemaError, validate_record
 from shared.metadata.store import MetadataStore
+from shared.redact import masked_text, masked_url
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -49,10 +58,13 @@ DOCUMENTS = "documents"
 FRAMES = "frames"
 DLQ = "dlq"
 FETCH_WAIT_S = 1.0  # a fetch returns after this when nothing comes: how soon a stop is noticed
+BOUND_CHECK_S = 5.0  # following and idle, how often the durable consumer is looked for (a deleted stream takes it)
 DRAIN_WAIT_S = 0.25  # the same while draining: how soon an empty consumer is noticed
 RECONNECT_WAIT_S = 2.0
 MAX_RETRY_WAIT_S = 30.0  # following, a consumer that keeps failing to start tries at least this often
 HEADER_MAX = 1000  # characters of a reason kept in a dead letter's header
+DLQ_PUBLISH_TRIES = 3  # a dead letter's publish, tried at once before the message is given back
+RECORDED_MAX = 10_000  # dead letters this consumer remembers recording (not twice when one comes back)
 _PREFIX = re.compile(r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")
 _DURABLE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
@@ -130,9 +142,17 @@ class ConsumerSpec:
 class Connection:
     """Where the NATS server is and how to log in (a `.creds` file; user and password may be in the URL)."""
 
-    url: str
+    url: str = field(repr=False)
     credentials: Path | None = None
     name: str = "loopline"
+
+    @property
+    def display(self) -> str:
+        """The URL as logs and errors show it: passwords (and NATS tokens) masked."""
+        return masked_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"Connection(url={self.display!r}, credentials={self.credentials!r}, name={self.name!r})"
 
     def options(self, *, reconnect: bool) -> dict[str, Any]:
         opts: dict[str, Any] = {
@@ -168,6 +188,9 @@ class Delivery(Generic[M]):
     stream: str
     stream_seq: int
     attempt: int  # 1 on the first delivery
+    # When the stream was created: its incarnation. A stream deleted and created again numbers
+    # from 1 again, so sequences compare only within one incarnation. None where not known.
+    stream_created: datetime | None = None
 
     @property
     def ref(self) -> str:
@@ -179,11 +202,14 @@ class Delivery(Generic[M]):
 class Rejection:
     """A message the handler will never take; it is dead-lettered instead of acknowledged.
 
-    `recorded`: the handler's ingest run already recorded it as a dead letter (not twice)."""
+    `recorded`: the handler's ingest run already recorded it as a dead letter (not twice).
+    `cleanup`: runs (on a worker thread) once the message is terminated, i.e. dead-lettered for
+    good and not on a retryable failure: removing what only it referenced."""
 
     reason: str
     field: str = ""
     recorded: bool = False
+    cleanup: Callable[[], None] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 Handler = Callable[[list[Delivery[M]]], Mapping[int, Rejection] | None]
@@ -213,8 +239,10 @@ class ConsumeStats:
 class JetStreamConsumer(Generic[M]):
     """A durable pull consumer of `spec.kind` subjects, validating messages with `model`.
 
-    `dead_letters` records what is dead-lettered (source from `source_of(subject)`, path
-    `STREAM#SEQ`); `on_stop` runs when `stop()` is called (cancel a running write).
+    `dead_letters` records what is dead-lettered: its source is `source_of(subject)`, its path
+    the event's id where the message decodes far enough to have one (`key_of` of its JSON
+    object, also when the schema refuses the rest), else `STREAM#SEQ` (where it can be read
+    again). `on_stop` runs when `stop()` is called (cancel a running write).
     """
 
     def __init__(
@@ -226,6 +254,7 @@ class JetStreamConsumer(Generic[M]):
         *,
         dead_letters: MetadataStore | None,
         source_of: Callable[[str], str] = lambda subject: subject,
+        key_of: Callable[[Any], str | None] | None = None,
         on_stop: Callable[[], None] | None = None,
     ) -> None:
         require_client()
@@ -235,10 +264,15 @@ class JetStreamConsumer(Generic[M]):
         self.handler = handler
         self.dead_letters = dead_letters
         self.source_of = source_of
+        self.key_of = key_of
         self.on_stop = on_stop
         self.stats = ConsumeStats()
         self.attempts = spec.attempts  # the consumer's own, once read from the server
         self._ack_wait_s = spec.ack_wait_s
+        self._max_deliver = spec.attempts + 1  # the server's: the last delivery a message gets (-1: no limit)
+        self._stream_created: datetime | None = None
+        # (stream incarnation, STREAM#SEQ) → the dead letter recorded for it: not twice when it comes back
+        self._recorded: OrderedDict[tuple[datetime | None, str], int] = OrderedDict()
         self.state = "not started"  # for readiness: connecting, consuming, retrying: WHY, stopped
         self._stop = threading.Event()
         self._closing = threading.Event()  # set while closing the connection: its disconnect is no news
@@ -289,21 +323,25 @@ class JetStreamConsumer(Generic[M]):
         failures = 0
         while not self.stopping:
             self.state = "connecting"
-            nc = await self._connect(follow)
-            if nc is None:  # stopped while waiting for the server
-                return
+            nc = None
             try:
+                nc = await self._connect(follow)
+                if nc is None:  # stopped while waiting for the server
+                    return
                 js = nc.jetstream()
                 stream, sub = await self._subscribe(js)
                 self.state = "consuming"
                 failures = 0
-                idle_since = time.monotonic()
+                idle_since = checked = time.monotonic()
                 while not self.stopping:
                     try:
                         msgs = await sub.fetch(self.spec.batch, timeout=FETCH_WAIT_S if follow else DRAIN_WAIT_S)
                     except TimeoutError:  # nats.errors.TimeoutError, or asyncio's from some fetch paths
                         if not follow and await self._drained(sub, idle_since, settle):
                             return
+                        if follow and time.monotonic() - checked > BOUND_CHECK_S:
+                            await self._still_bound(sub, stream)
+                            checked = time.monotonic()
                         continue
                     idle_since = time.monotonic()
                     await self._handle(nc, js, stream, msgs)
@@ -312,26 +350,27 @@ class JetStreamConsumer(Generic[M]):
                 nats_trouble = isinstance(exc, (nats.errors.Error, OSError, StreamUnavailable))
                 if not follow or self.stopping:
                     if nats_trouble and not isinstance(exc, StreamUnavailable):
-                        raise StreamUnavailable(f"NATS at {self.connection.url}: {type(exc).__name__}: {exc}") from exc
+                        raise StreamUnavailable(f"NATS at {self.connection.display}: {_what(exc)}") from exc
                     raise
-                # Following never gives up: unacknowledged messages wait in the stream meanwhile.
+                # Following never gives up (a server not there yet, a refused login, a bad URL alike):
+                # unacknowledged messages wait in the stream meanwhile.
                 failures += 1
                 wait = min(MAX_RETRY_WAIT_S, RECONNECT_WAIT_S * 2 ** (failures - 1))
-                self.state = f"retrying: {type(exc).__name__}: {exc}"
+                self.state = f"retrying: {_what(exc)}"
                 log.log(
                     logging.WARNING if nats_trouble else logging.ERROR,
-                    "consuming %s stopped (%s: %s); starting again in %.0f s",
+                    "consuming %s stopped (%s); starting again in %.0f s",
                     self.spec.topology.subjects(self.spec.kind),
-                    type(exc).__name__,
-                    exc,
+                    _what(exc),
                     wait,
                     exc_info=not nats_trouble,
                 )
                 await _sleep_unless(self._stop, wait)
             finally:
-                self._closing.set()
-                await _close(nc)
-                self._closing.clear()
+                if nc is not None:
+                    self._closing.set()
+                    await close_quietly(nc)
+                    self._closing.clear()
 
     async def _connect(self, follow: bool):  # noqa: ANN202 - nats.aio.client.Client, imported lazily
         """Connected client, or None when stopped first. Following, the client tries forever (until
@@ -339,7 +378,7 @@ class JetStreamConsumer(Generic[M]):
         import nats
         import nats.errors
 
-        url = self.connection.url
+        url = self.connection.display
         connecting = asyncio.ensure_future(
             nats.connect(
                 **self.connection.options(reconnect=follow),
@@ -358,8 +397,7 @@ class JetStreamConsumer(Generic[M]):
             nc = connecting.result()
         except (TimeoutError, nats.errors.Error, OSError) as exc:
             raise StreamUnavailable(
-                f"NATS at {url} is not reachable ({type(exc).__name__}: {exc}): start it, or point "
-                "LOOPLINE_NATS_URL / --url at it"
+                f"NATS at {url} is not reachable ({_what(exc)}): start it, or point LOOPLINE_NATS_URL / --url at it"
             ) from exc
         log.info("connected to NATS at %s", url)
         return nc
@@ -383,7 +421,9 @@ class JetStreamConsumer(Generic[M]):
         info = await _ensure_consumer(js, stream, config)
         server_max = info.config.max_deliver or -1
         self.attempts = server_max - 1 if server_max > 1 else self.spec.attempts
+        self._max_deliver = server_max
         self._ack_wait_s = float(info.config.ack_wait or self.spec.ack_wait_s)
+        self._stream_created = (await js.stream_info(stream)).created
         sub = await js.pull_subscribe_bind(durable=self.spec.durable, stream=stream)
         log.info(
             "consuming %s from stream %s as durable %s (%d attempts, ack wait %.0f s)",
@@ -394,6 +434,20 @@ class JetStreamConsumer(Generic[M]):
             self._ack_wait_s,
         )
         return stream, sub
+
+    async def _still_bound(self, sub, stream: str) -> None:  # noqa: ANN001
+        """Raise where the durable consumer is gone: its stream was deleted (and perhaps created again,
+        numbering from 1), and fetching from it would wait forever. The session then starts again."""
+        import nats.js.errors
+
+        try:
+            await sub.consumer_info()
+        except nats.js.errors.NotFoundError as exc:
+            raise StreamUnavailable(
+                f"the durable consumer {self.spec.durable} of stream {stream} is gone (the stream was deleted?)"
+            ) from exc
+        except TimeoutError:  # a busy server: look again later
+            pass
 
     async def _drained(self, sub, idle_since: float, settle_s: float) -> bool:  # noqa: ANN001
         try:
@@ -439,7 +493,10 @@ class JetStreamConsumer(Generic[M]):
                 continue
             subject = msg.subject
             name = self.spec.topology.name_of(self.spec.kind, subject)
-            valid.append((msg, Delivery(subject, name, event, meta.stream or stream, meta.sequence.stream, attempt)))
+            delivery = Delivery(
+                subject, name, event, meta.stream or stream, meta.sequence.stream, attempt, self._stream_created
+            )
+            valid.append((msg, delivery))
         if valid:
             await self._run(js, valid)
         await nc.flush()
@@ -473,15 +530,28 @@ class JetStreamConsumer(Generic[M]):
         """The handler on a worker thread; while it runs, its messages' ack deadlines are pushed back."""
         task = asyncio.ensure_future(asyncio.to_thread(self.handler, [d for _, d in batch]))
         every = max(0.5, self._ack_wait_s / 3)
+        extending = True
         while True:
             done, _ = await asyncio.wait({task}, timeout=every)
             if done:
                 return task.result() or {}
-            for msg, _ in batch:
-                await msg.in_progress()
+            if not extending:
+                continue
+            try:
+                for msg, _ in batch:
+                    await msg.in_progress()
+            except Exception as exc:
+                # NATS went away: the write in hand still runs, and is waited for (returning now would
+                # let its messages be handled again beside it); they may come back after it, a replay.
+                extending = False
+                log.warning(
+                    "%d messages in hand: their ack deadline cannot be extended (%s); finishing their write first",
+                    len(batch),
+                    _what(exc),
+                )
 
     async def _failed(self, js, msg, delivery: Delivery[M], exc: BaseException) -> None:  # noqa: ANN001
-        what = f"{type(exc).__name__}: {exc}"
+        what = _what(exc)
         if isinstance(exc, Cancelled) or self.stopping:  # shutting down: another consumer may take it now
             await msg.nak()
             self.stats.retried += 1
@@ -505,9 +575,14 @@ class JetStreamConsumer(Generic[M]):
         )
 
     async def _dead_letter(self, js, msg, rejection: Rejection) -> None:  # noqa: ANN001
-        """Publish the message to the dead-letter subject, record it, then terminate it."""
+        """Record the message as a dead letter, publish it to the dead-letter subject, terminate it.
+
+        The record comes first and does not wait for the publish. A publish that fails (tried a few
+        times at once) gives the message back, to be published on a later delivery; on its last
+        delivery it is terminated anyway when it is recorded (by this or by the handler's run)."""
         meta = msg.metadata
         stream, seq = meta.stream, meta.sequence.stream
+        ref = f"{stream}#{seq}"
         target = self.spec.topology.dlq_subject(msg.subject)
         headers = {k: v for k, v in (msg.headers or {}).items() if not k.lower().startswith("nats-")}
         headers |= {
@@ -519,45 +594,103 @@ class JetStreamConsumer(Generic[M]):
             "Loopline-Deliveries": str(meta.num_delivered),
             "Nats-Msg-Id": f"dlq-{stream}-{seq}",  # a dead letter published twice (a crash in between) is kept once
         }
+        dl_id = await self._record(msg, ref, rejection, target)
+        recorded = rejection.recorded or dl_id is not None
+        where = f"dead letter #{dl_id}" if dl_id is not None else "a dead letter by its handler"
         try:
-            await _publish(js, target, msg.data, headers, tries=3)
+            await _publish_dead_letter(js, target, msg.data, headers)
         except Exception as exc:
+            last = 0 < self._max_deliver <= meta.num_delivered  # the server will not deliver it again
+            if not last:
+                await msg.nak(delay=self.spec.nak_delay_s)
+                self.stats.retried += 1
+                log.error(
+                    "%s (%s) could not be published to %s (%s); %s, it is given back to be published on its next "
+                    "delivery",
+                    ref,
+                    msg.subject,
+                    target,
+                    _what(exc),
+                    f"recorded as {where}" if recorded else "not recorded either",
+                )
+                return
+            if not recorded:
+                log.error(
+                    "%s (%s): %s; on its last delivery it could be neither published to %s (%s) nor recorded: it "
+                    "stays unacknowledged in stream %s (nats stream get %s %s)",
+                    ref,
+                    msg.subject,
+                    rejection.reason,
+                    target,
+                    _what(exc),
+                    stream,
+                    stream,
+                    seq,
+                )
+                return
             log.error(
-                "%s#%s could not be published to %s (%s: %s); it stays in stream %s and is tried again",
-                stream,
-                seq,
+                "%s (%s): %s; it could not be published to %s on its last delivery (%s); terminated all the same: "
+                "it is recorded as %s in the metadata store",
+                ref,
+                msg.subject,
+                rejection.reason,
                 target,
-                type(exc).__name__,
-                exc,
-                stream,
+                _what(exc),
+                where,
             )
-            await msg.nak(delay=self.spec.nak_delay_s)
-            self.stats.retried += 1
-            return
-        reason = rejection.reason
-        dl_id: int | None = None
-        if self.dead_letters is not None and not rejection.recorded:
-            dl_id = await asyncio.to_thread(
-                self.dead_letters.add_dead_letter,
-                run_id=None,
-                source=self.source_of(msg.subject)[:512],
-                path=f"{stream}#{seq}",
-                reason=f"{reason}; the message went to {target}",
+        else:
+            log.warning(
+                "%s (%s): %s; published to %s%s",
+                ref,
+                msg.subject,
+                rejection.reason,
+                target,
+                f" and recorded as {where}" if recorded else "",
             )
         await msg.term()
         self.stats.dead_lettered += 1
         self.stats.dead_letters.append(
-            {"subject": msg.subject, "ref": f"{stream}#{seq}", "field": rejection.field, "reason": reason}
+            {"subject": msg.subject, "ref": ref, "field": rejection.field, "reason": rejection.reason}
         )
-        log.warning(
-            "%s#%s (%s): %s; published to %s%s",
-            stream,
-            seq,
-            msg.subject,
-            reason,
-            target,
-            f" and recorded as dead letter #{dl_id}" if dl_id is not None else "",
-        )
+        if rejection.cleanup is not None:
+            try:
+                await asyncio.to_thread(rejection.cleanup)
+            except Exception as exc:
+                log.warning("%s: cleaning up after its dead letter failed (%s)", ref, _what(exc))
+
+    async def _record(self, msg, ref: str, rejection: Rejection, target: str) -> int | None:  # noqa: ANN001
+        """The dead letter's id in the metadata store (once per message); None where there is none or it failed."""
+        if self.dead_letters is None or rejection.recorded:
+            return None
+        key = (self._stream_created, ref)
+        if key in self._recorded:
+            return self._recorded[key]
+        try:
+            dl_id = await asyncio.to_thread(
+                self.dead_letters.add_dead_letter,
+                run_id=None,
+                source=self.source_of(msg.subject)[:512],
+                path=self._dead_letter_path(msg.data, ref),
+                reason=f"{rejection.reason}; dead-lettered to {target}",
+            )
+        except Exception as exc:
+            log.error("%s: could not be recorded as a dead letter (%s)", ref, _what(exc))
+            return None
+        self._recorded[key] = dl_id
+        while len(self._recorded) > RECORDED_MAX:
+            self._recorded.popitem(last=False)
+        return dl_id
+
+    def _dead_letter_path(self, data: bytes, ref: str) -> str:
+        """The event's id (`key_of`) where the message is a JSON object that names one, else `STREAM#SEQ`."""
+        if self.key_of is not None:
+            try:
+                key = self.key_of(json.loads(data))
+            except (ValueError, TypeError, AttributeError, KeyError, IndexError):  # not JSON, not an object
+                key = None
+            if isinstance(key, str) and key.strip():
+                return key[:1024]
+        return ref
 
 
 class ConsumerThread:
@@ -613,7 +746,7 @@ def run_until_signalled(consumer: JetStreamConsumer, *, follow: bool) -> Consume
             signal.signal(sig, old)
 
 
-# --- streams, publishing, clean-up -----------------------------------------------------------
+# --- streams and publishing -----------------------------------------------------------------
 async def ensure_stream(js, topology: Topology, kind: str) -> str:  # noqa: ANN001
     """The stream that holds `kind`'s subjects: an existing one (an operator's, any name), else `PREFIX_KIND`."""
     import nats.js.errors
@@ -665,7 +798,7 @@ def publish(
     """
 
     async def go() -> int:
-        nc = await _connect_once(connection)
+        nc = await connect_once(connection)
         try:
             js = nc.jetstream()
             for kind in kinds:
@@ -678,56 +811,7 @@ def publish(
                     pending = []
             return sent + len(await asyncio.gather(*pending))
         finally:
-            await _close(nc)
-
-    return asyncio.run(go())
-
-
-def delete_streams(connection: Connection, topology: Topology, kinds: Sequence[str]) -> None:
-    """Delete the streams `PREFIX_KIND` (with their consumers) where they exist: tests, and resets."""
-
-    async def go() -> None:
-        import nats.js.errors
-
-        nc = await _connect_once(connection)
-        try:
-            js = nc.jetstream()
-            for kind in kinds:
-                try:
-                    await js.delete_stream(topology.stream(kind))
-                except nats.js.errors.NotFoundError:
-                    pass
-        finally:
-            await _close(nc)
-
-    asyncio.run(go())
-
-
-def read_dead_letters(connection: Connection, topology: Topology, *, limit: int = 1000) -> list[dict[str, Any]]:
-    """The messages on the dead-letter stream, oldest first: subject, data and headers (tests, inspection)."""
-
-    async def go() -> list[dict[str, Any]]:
-        import nats.js.errors
-
-        nc = await _connect_once(connection)
-        try:
-            js = nc.jetstream()
-            try:
-                info = await js.stream_info(topology.stream(DLQ))
-            except nats.js.errors.NotFoundError:
-                return []
-            if not info.state.messages:
-                return []
-            out = []
-            for seq in range(info.state.first_seq, min(info.state.last_seq, info.state.first_seq + limit - 1) + 1):
-                try:
-                    raw = await js.get_msg(topology.stream(DLQ), seq)
-                except nats.js.errors.NotFoundError:
-                    continue
-                out.append({"subject": raw.subject, "data": raw.data, "headers": dict(raw.headers or {})})
-            return out
-        finally:
-            await _close(nc)
+            await close_quietly(nc)
 
     return asyncio.run(go())
 
@@ -753,18 +837,31 @@ async def _publish(js, subject: str, data: bytes, headers: dict[str, str] | None
     return await js.publish(subject, data, headers=headers)
 
 
-async def _connect_once(connection: Connection):  # noqa: ANN202
+async def _publish_dead_letter(js, subject: str, data: bytes, headers: dict[str, str]) -> None:  # noqa: ANN001
+    """Publish a dead letter, tried again at once a few times whatever failed (its `Nats-Msg-Id`
+    keeps a publish that did arrive from counting twice)."""
+    for attempt in range(DLQ_PUBLISH_TRIES):
+        try:
+            await js.publish(subject, data, headers=headers)
+            return
+        except Exception:
+            if attempt == DLQ_PUBLISH_TRIES - 1:
+                raise
+            await asyncio.sleep(0.2 * 2**attempt)
+
+
+async def connect_once(connection: Connection):  # noqa: ANN202 - nats.aio.client.Client, imported lazily
     """A client for one short job (publish, clean up); StreamUnavailable when the server does not answer."""
     import nats
     import nats.errors
 
     try:
-        return await nats.connect(**connection.options(reconnect=False), error_cb=_log_error(connection.url))
+        return await nats.connect(**connection.options(reconnect=False), error_cb=_log_error(connection.display))
     except (TimeoutError, nats.errors.Error, OSError) as exc:
-        raise StreamUnavailable(f"NATS at {connection.url} is not reachable ({type(exc).__name__}: {exc})") from exc
+        raise StreamUnavailable(f"NATS at {connection.display} is not reachable ({_what(exc)})") from exc
 
 
-async def _close(nc) -> None:  # noqa: ANN001
+async def close_quietly(nc) -> None:  # noqa: ANN001
     try:
         await nc.close()
     except Exception:  # already closed, or the server gone: nothing left to release
@@ -781,12 +878,18 @@ async def _sleep_unless(stop: threading.Event, seconds: float) -> bool:
     return stop.is_set()
 
 
+def _what(exc: BaseException) -> str:
+    """`Type: message` of an exception, as logs and errors show it (passwords in URLs masked)."""
+    return masked_text(f"{type(exc).__name__}: {exc}")
+
+
 def _log_error(url: str, *, every_s: float = 60.0) -> Callable[[Exception], Any]:
-    """The client's error callback: a repeated error (each reconnect try) is logged once a minute."""
+    """The client's error callback: a repeated error (each reconnect try) is logged once a minute.
+    `url` is the display form (Connection.display)."""
     last: dict[str, float] = {}
 
     async def cb(exc: Exception) -> None:
-        text = f"{type(exc).__name__}: {exc}"
+        text = _what(exc)
         now = time.monotonic()
         if now - last.get(text, float("-inf")) >= every_s:
             last[text] = now

@@ -6,16 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from nats_server import fresh_topology, nats_connection
+from nats_server import fresh_topology, nats_connection, private_nats, read_dead_letters
 from pydantic import BaseModel, Field
 
 from shared.ingestion.jetstream import (
+    DLQ,
     DOCUMENTS,
     Connection,
     ConsumerSpec,
@@ -26,7 +28,6 @@ from shared.ingestion.jetstream import (
     StreamUnavailable,
     Topology,
     publish,
-    read_dead_letters,
 )
 
 
@@ -62,6 +63,7 @@ def _consumer(connection, topology, handler, store=None, **spec) -> JetStreamCon
         handler,
         dead_letters=store,
         source_of=lambda subject: f"events:{topology.name_of(DOCUMENTS, subject)}",
+        key_of=lambda data: data.get("id"),
     )
 
 
@@ -173,10 +175,12 @@ def test_poison_messages_go_to_the_dead_letter_subject_and_the_store(connection,
     assert negative["Loopline-Subject"] == original
     assert by_data[json.dumps({"id": "refused", "n": 3}).encode()]["Loopline-Reason"] == "over the limit"
 
+    # Recorded under the event's id where the message names one, else where it lies in the stream.
     letters = {d.path: d for d in sqlite_store.dead_letters()}
-    assert len(letters) == 3 and {d.source for d in letters.values()} == {"events:hr"}
-    neg = letters[f"{topology.stream(DOCUMENTS)}#{negative['Loopline-Stream-Seq']}"]
-    assert "field 'n'" in neg.reason and topology.dlq_subject(original) in neg.reason
+    not_json = by_data[b"not json at all"]["Loopline-Stream-Seq"]
+    assert set(letters) == {f"{topology.stream(DOCUMENTS)}#{not_json}", "neg", "refused"}
+    assert {d.source for d in letters.values()} == {"events:hr"}
+    assert "field 'n'" in letters["neg"].reason and topology.dlq_subject(original) in letters["neg"].reason
 
 
 def test_a_message_failing_every_delivery_goes_to_the_dead_letter_subject(connection, topology, sqlite_store) -> None:
@@ -297,3 +301,114 @@ def test_a_write_longer_than_ack_wait_is_not_handed_to_another_consumer_while_it
     stats = _consumer(connection, topology, slow, ack_wait_s=1.0).drain()
     assert taken_over == []
     assert writes.attempts == {"slow": [1]} and (stats.acked, stats.retried) == (1, 0)
+
+
+def test_a_password_in_the_server_url_never_shows_in_errors_states_or_logs(caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    secret = Connection("nats://alice:s3cret-pw@127.0.0.1:1,nats://bob:0ther-pw@127.0.0.1:2")  # nothing listens
+    topology = Topology("tsecret")
+    with pytest.raises(StreamUnavailable) as refused:
+        _consumer(secret, topology, Writes().write).drain()
+    assert "nats://alice:***@127.0.0.1:1,nats://bob:***@127.0.0.1:2 is not reachable" in str(refused.value)
+    runner = ConsumerThread(_consumer(secret, topology, Writes().write), name="test-secret").start()
+    time.sleep(1.0)
+    states = [runner.state]
+    runner.stop()
+    runner.join(5)
+    shown = " ".join([str(refused.value), repr(secret), *states, caplog.text])
+    assert "s3cret-pw" not in shown and "0ther-pw" not in shown
+    assert "alice:***@127.0.0.1:1" in caplog.text  # the log still says where it tried
+
+
+def test_a_following_consumer_that_cannot_connect_keeps_retrying_and_says_why() -> None:
+    # nats-py refuses this list at once (not a server that is down, which it waits for):
+    # the thread used to die of it, leaving no consumer and nothing in readiness but "stopped".
+    mixed = Connection("nats://127.0.0.1:1,ws://127.0.0.1:2")
+    runner = ConsumerThread(_consumer(mixed, Topology("tmixed"), Writes().write), name="test-mixed").start()
+    deadline = time.monotonic() + 10
+    while not runner.state.startswith("retrying") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert runner.alive and runner.state.startswith("retrying: StreamUnavailable")
+    assert "mixing of websocket and non websocket URLs" in runner.state
+    runner.stop()
+    runner.join(5)
+    assert not runner.alive
+
+
+def test_a_dead_letter_that_cannot_be_published_is_recorded_and_terminated_on_its_last_delivery(
+    connection, topology, sqlite_store, caplog
+) -> None:
+    async def tiny_dead_letter_stream() -> None:  # an operator's DLQ stream that refuses every message
+        import nats
+        from nats.js.api import StreamConfig
+
+        nc = await nats.connect(connection.url)
+        try:
+            config = StreamConfig(name=topology.stream(DLQ), subjects=[topology.subjects(DLQ)], max_msg_size=1)
+            await nc.jetstream().add_stream(config)
+        finally:
+            await nc.close()
+
+    asyncio.run(tiny_dead_letter_stream())
+    _send(connection, topology, {"id": "neg", "n": -1})
+    t0 = time.monotonic()
+    stats = _consumer(connection, topology, Writes().write, store=sqlite_store, attempts=1).drain()
+    assert time.monotonic() - t0 < 5  # not waiting for a message that is never coming back
+    assert (stats.dead_lettered, stats.retried) == (1, 1)  # given back once, then terminated
+    assert _unacknowledged(connection, topology) == 0
+    assert _consumer(connection, topology, Writes().write).drain().received == 0  # not stuck in the stream
+    (letter,) = sqlite_store.dead_letters()  # recorded once, with the schema's reason
+    assert letter.path == "neg" and "field 'n'" in letter.reason
+    assert read_dead_letters(connection, topology) == []
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert any("terminated all the same" in e and f"dead letter #{letter.id}" in e for e in errors)
+
+
+def test_a_write_whose_server_went_away_is_finished_before_its_messages_are_touched_again(tmp_path) -> None:
+    with private_nats(tmp_path) as server:
+        own = Connection(server.url)
+        topology = Topology("tgone")
+        _send(own, topology, {"id": "a", "n": 1}, {"id": "b", "n": 2})
+        writes = Writes()
+        running, most = [0], [0]
+        lock = threading.Lock()
+
+        def handler(batch: list[Delivery[Note]]) -> None:
+            with lock:
+                running[0] += 1
+                most[0] = max(most[0], running[0])
+            server.stop()  # NATS goes away while the write runs past the ack deadline
+            time.sleep(2.0)
+            writes.write(batch)
+            with lock:
+                running[0] -= 1
+
+        with pytest.raises(StreamUnavailable):  # the acknowledgements cannot be sent
+            _consumer(own, topology, handler, ack_wait_s=1.0).drain()
+    assert most[0] == 1  # never a second write of the same messages beside the first
+    assert writes.count == {"a": 1, "b": 1}
+
+
+def test_a_following_consumer_binds_again_to_a_stream_deleted_and_created_again(connection, topology) -> None:
+    from evaluation.benchmarks.event_throughput import delete_streams
+
+    seen: list[Delivery[Note]] = []
+    runner = ConsumerThread(_consumer(connection, topology, seen.extend), name="test-rebind").start()
+    try:
+        _send(connection, topology, {"id": "before", "n": 1})
+        deadline = time.monotonic() + 10
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.05)
+        delete_streams(connection, topology, [DOCUMENTS, DLQ])  # takes the durable consumer with it
+        _send(connection, topology, {"id": "after", "n": 2})
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        runner.stop()
+        runner.join(5)
+    before, after = seen
+    assert (before.event.id, after.event.id) == ("before", "after")
+    assert before.stream_seq == after.stream_seq == 1  # numbered anew: only the incarnation tells them apart
+    assert None not in (before.stream_created, after.stream_created)
+    assert before.stream_created != after.stream_created

@@ -16,16 +16,15 @@ import httpx
 import numpy as np
 import pytest
 from fake_central import DEVICE, FLEET, TOKEN, real_device_api
-from nats_server import fresh_topology, nats_connection
+from nats_server import fresh_topology, nats_connection, read_dead_letters
 
 from shared.auth import Device, DeviceRegistry
 from shared.config import Settings
-from shared.ingestion.jetstream import FRAMES, Connection, JetStreamConsumer, Topology, read_dead_letters
+from shared.ingestion.jetstream import FRAMES, Connection, JetStreamConsumer, Topology
 from shared.metrics import ServiceMetrics
 from shared.objectstore import LocalObjectStore
-
-api_module = pytest.importorskip("vision.api")
-from vision.frame_events import INCOMING, FrameEvents, frame_consumer, publish_frames, report  # noqa: E402
+from vision import api as api_module
+from vision.frame_events import INCOMING, FrameEvents, frame_consumer, publish_frames, report
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +136,7 @@ def test_refused_announcements_are_dead_lettered_with_field_and_reason(
     central = Central(tmp_path)
     jpg = image("jpg", 50)
     central.incoming.put("other-cam/x.png", image("png"))
+    central.incoming.put(f"{DEVICE}/garbled.png", b"\x89PNG but nothing after")
     publish_frames(
         connection,
         [
@@ -147,6 +147,7 @@ def test_refused_announcements_are_dead_lettered_with_field_and_reason(
             (DEVICE, {"meta": meta("frame-b64-001"), "image_b64": "***"}),
             (DEVICE, inline("frame-good-1", image("jpg", 51))),  # another image under a stored id
             (DEVICE, {"meta": meta("frame-key-001"), "image_key": "other-cam/x.png"}),
+            (DEVICE, {"meta": meta("frame-garbled"), "image_key": f"{DEVICE}/garbled.png"}),
             (DEVICE, inline("short", jpg)),
         ],
         topology=topology,
@@ -154,7 +155,7 @@ def test_refused_announcements_are_dead_lettered_with_field_and_reason(
     consumer = central.consumer(connection, topology, store=sqlite_store)
     consumer.drain()
     out = report(consumer)
-    assert (out["stored"], out["acked"], out["dead_lettered"]) == (1, 1, 7)
+    assert (out["stored"], out["acked"], out["dead_lettered"]) == (1, 1, 8)
 
     dlq = read_dead_letters(connection, topology)
     fields = {json.loads(m["data"])["meta"]["frame_id"]: m["headers"]["Loopline-Field"] for m in dlq}
@@ -165,6 +166,7 @@ def test_refused_announcements_are_dead_lettered_with_field_and_reason(
         "frame-b64-001": "image_b64",  # not base64
         "frame-good-1": "meta.frame_id",
         "frame-key-001": "image_key",
+        "frame-garbled": "image_key",
         "short": "meta.frame_id",
     }
     reasons = {json.loads(m["data"])["meta"]["frame_id"]: m["headers"]["Loopline-Reason"] for m in dlq}
@@ -177,11 +179,12 @@ def test_refused_announcements_are_dead_lettered_with_field_and_reason(
         topology.dlq_subject(topology.subject(FRAMES, "ghost-cam")),
     }
     letters = sqlite_store.dead_letters()
-    assert len(letters) == 7
+    assert sorted(d.path for d in letters) == sorted(fields)  # recorded under the frame id, schema failures too
     assert {d.source for d in letters} == {f"frames:{DEVICE}", "frames:ghost-cam"}
     assert any("field 'meta.frame_id'" in d.reason for d in letters)
     assert set(central.files()) == {f"{DEVICE}/frame-good-1.jpg", f"{DEVICE}/frame-good-1.json"}
     assert central.incoming.exists("other-cam/x.png")  # not this device's to take
+    assert not central.incoming.exists(f"{DEVICE}/garbled.png")  # refused for good: not left behind
 
 
 def test_a_crash_between_store_and_ack_leaves_one_frame_counted_once(connection, topology, tmp_path: Path) -> None:
