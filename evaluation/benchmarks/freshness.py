@@ -8,10 +8,11 @@ One run, one machine, side by side:
 - **table (CDC)**: CORPUS's Markdown files become the rows of a PostgreSQL table (a private
   cluster with wal_level=logical started for the run, unless --dsn names a database that has
   it); `TableFollower.follow` runs as `loopline rag ingest-table --follow` does (a look every
-  0.25 s when idle). Each of --changes changes appends a sentence with a fresh code to one
-  row and commits; the clock runs from the commit's return until `RagService.ask` (extractive,
-  as an employee asks) answers the question about that code with it in the answer or its
-  cited passages. Reported: p50 / p95 / max seconds, and the changes that never showed (30 s).
+  0.25 s when idle). Each of --changes changes appends a section with a fresh code to one row
+  and commits; the clock runs from the commit's return until `RagService.ask` (extractive, as
+  an employee asks) answers the question about that code with it in the answer or its cited
+  passages. Before each change, untimed, the previous row gets its text back, so one such
+  section exists at a time (two hundred near-identical ones would compete in retrieval). Reported: p50 / p95 / max seconds, and the changes that never showed (30 s).
   Then every row is changed in one transaction: rows/s and chunks/s of one catch-up with
   embedding.
 - **events (JetStream)**: --events document events published to a stream of NATS
@@ -71,7 +72,11 @@ def _cut(text: str) -> str:
     (or the section appended by a change would be read as code, not as a heading)."""
     if len(text) > MAX_CHARS:
         head = text[:MAX_CHARS]
-        text = head[: head.rfind("\n\n")] if "\n\n" in head else head
+        for mark in ("\n\n", "\n"):  # a paragraph, else a line (a long table), in the second half
+            if head.rfind(mark) > MAX_CHARS // 2:
+                head = head[: head.rfind(mark)]
+                break
+        text = head
     return text + "\n```" if text.count("```") % 2 else text
 
 
@@ -181,11 +186,17 @@ def _bench_table(db_dsn: str, docs: list[tuple[str, str]], changes: int, work: P
         thread.start()
         latencies: list[float | None] = []
         try:
+            previous: tuple[int, str, str] | None = None
             for n in range(changes):
                 sentence, question, code = _marker(n)
                 row = n % len(docs) + 1
-                conn.execute("UPDATE pages SET body = body || %s WHERE id = %s", (sentence, row))
+                if previous is not None:  # one code at a time: near-identical sections would compete in retrieval
+                    _take_back(conn, service, docs, previous)
+                conn.execute("UPDATE pages SET body = %s WHERE id = %s", (docs[row - 1][1] + sentence, row))
                 latencies.append(_wait_answer(service, question, code))
+                previous = (row, question, code)
+                if latencies[-1] is None:
+                    log.warning("change %d (row %d): no answer showed %s within %.0f s", n, row, code, TIMEOUT_S)
                 if (n + 1) % 50 == 0:
                     click.echo(f"  table: {n + 1}/{changes} changes", err=True)
         finally:
@@ -206,6 +217,15 @@ def _bench_table(db_dsn: str, docs: list[tuple[str, str]], changes: int, work: P
     return out
 
 
+def _take_back(conn, service, docs: list[tuple[str, str]], previous: tuple[int, str, str]) -> None:  # noqa: ANN001
+    """Restore the row of the previous change (untimed) and wait until its code no longer answers."""
+    row, question, code = previous
+    conn.execute("UPDATE pages SET body = %s WHERE id = %s", (docs[row - 1][1], row))
+    deadline = time.perf_counter() + TIMEOUT_S
+    while _shows(service, question, code) and time.perf_counter() < deadline:
+        time.sleep(0.02)
+
+
 def bench_folder(docs: list[tuple[str, str]], changes: int, work: Path) -> dict:
     """The same documents as files: a change is answerable after the folder's next sync."""
     folder = work / "folder"
@@ -223,11 +243,15 @@ def bench_folder(docs: list[tuple[str, str]], changes: int, work: Path) -> dict:
         out["first_sync_s"] = round(time.perf_counter() - t0, 2)
         latencies: list[float | None] = []
         syncs = []
+        originals = [p.read_text(encoding="utf-8") for p in paths]
         for n in range(changes):
             sentence, question, code = _marker(10_000 + n)
-            p = paths[n % len(paths)]
+            i = n % len(paths)
+            if n:  # as for the table: the previous file gets its text back first, untimed
+                paths[(n - 1) % len(paths)].write_text(originals[(n - 1) % len(paths)], encoding="utf-8")
+                service.ingest(folder, ["public"])
             t0 = time.perf_counter()
-            p.write_text(p.read_text(encoding="utf-8") + sentence, encoding="utf-8")
+            paths[i].write_text(originals[i] + sentence, encoding="utf-8")
             service.ingest(folder, ["public"])
             syncs.append(time.perf_counter() - t0)
             waited = _wait_answer(service, question, code)
