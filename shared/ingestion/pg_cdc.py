@@ -203,6 +203,13 @@ class TableFollower:
         return "poll"
 
     def _logical_replication(self) -> tuple[bool, str]:
+        kind = self._conn.execute(
+            "SELECT c.relkind::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (self.spec.schema_name, self.spec.table_name),
+        ).fetchone()[0]
+        if kind not in ("r", "p"):  # a view (a query as a source) or a foreign table: nothing to publish
+            return False, f"{self.spec.qualified} is not a table (a view is read by polling)"
         wal_level = self._conn.execute("SHOW wal_level").fetchone()[0]
         if wal_level != "logical":
             return False, f"wal_level is '{wal_level}' (set wal_level = logical and restart PostgreSQL)"

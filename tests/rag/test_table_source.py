@@ -379,6 +379,23 @@ def test_an_updated_at_column_that_is_not_a_timestamp_is_refused(make_service, p
         _follower(service, TableSpec(dsn=dsn, table="notes", id="id", text="body", updated_at="changed"))
 
 
+def test_a_view_is_a_query_as_a_source_read_by_polling(make_service, kb):
+    _sql(
+        kb,
+        "CREATE TABLE teams (id integer PRIMARY KEY, name text)",
+        "INSERT INTO teams VALUES (1, 'Facilities')",
+        "CREATE VIEW answers AS SELECT a.id, t.name || ': ' || a.body AS body, a.readers, a.updated_at "
+        "FROM articles a JOIN teams t ON t.id = 1",
+    )
+    service = make_service()
+    spec = TableSpec(dsn=kb, table="answers", id="id", text="body", groups="readers", updated_at="updated_at")
+    follower = _follower(service, spec)  # wal_level=logical here, but a view has nothing to publish
+    assert follower.mode == "poll"
+    assert follower.catch_up().counts()["added"] == 3
+    assert "Facilities: Visitors park" in _answer(service, "Where do visitors park?")
+    follower.close()
+
+
 def test_cdc_refuses_a_table_whose_deletes_would_not_name_the_id(make_service, cluster):
     dsn = _database(cluster)
     _sql(dsn, "CREATE TABLE notes (id integer, body text)")
