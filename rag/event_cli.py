@@ -38,6 +38,7 @@ def consume_events(
     to PREFIX.dlq.SUBJECT and are recorded as dead letters.
     """
     from rag.events import document_consumer, report
+    from rag.jobs import groups_of
     from rag.service import RagService
     from rag.vectorstore import StoreLocked
     from shared.ingestion.jetstream import StreamUnavailable, from_settings, run_until_signalled
@@ -48,7 +49,7 @@ def consume_events(
         from_settings(settings, url)  # no server configured: said before the index is opened
     except StreamUnavailable as exc:
         raise click.ClickException(str(exc)) from exc
-    group_list = sorted({g.strip() for g in groups.split(",") if g.strip()}) or ["public"]
+    group_list = groups_of(groups)
     try:
         service = RagService(settings, objects=open_object_store(settings))
     except StoreLocked as exc:

@@ -85,13 +85,14 @@ def ingest_table(
     otherwise --updated-at enables polling. Rows' groups decide who may read them, at once.
     """
     from rag.cli import open_backend
+    from rag.jobs import groups_of
     from rag.table_sources import schema_alert, table_sink
     from shared.ingestion import source_name
     from shared.ingestion.pg_cdc import TableFollower
     from shared.ingestion.pg_table import SchemaChanged, SourceUnavailable, TableSourceError, TableSpec
     from shared.monitoring.rules import Monitor
 
-    groups = sorted({g.strip() for g in default_groups.split(",") if g.strip()}) or ["public"]
+    groups = groups_of(default_groups)
     try:
         spec = TableSpec(
             dsn=dsn,
@@ -180,8 +181,7 @@ class _Report:
         from shared.ingestion import source_name
 
         self.monitor.manager.resolve(SCHEMA_ALERT, self.source)
-        counts = {"added": 0, "updated": 0, "unchanged": 0, "deleted": 0, "failed": 0, "chunks": 0}
-        counts.update(done.counts())
+        counts = done.counts()
         dead = [dl for run in done.runs for dl in run.dead_letters]
         out = {
             "source": source_name(self.source),

@@ -128,3 +128,34 @@ def sqlite_store(sqlite_url: str) -> Iterator[MetadataStore]:
     st = MetadataStore(sqlite_url)
     yield st
     st.close()
+
+
+# --- servers of streamed sources --------------------------------------------------------
+# NATS with JetStream (the machine's, or LOOPLINE_TEST_NATS_URL) and a private PostgreSQL
+# cluster with wal_level=logical (tests/helpers/pg_logical.py): one per test module.
+
+
+@pytest.fixture(scope="module")
+def connection():
+    """A `shared.ingestion.jetstream.Connection` to the test NATS (skipped without one, failed under CI=true)."""
+    from nats_server import nats_connection
+
+    return nats_connection()
+
+
+@pytest.fixture
+def topology(connection):
+    """Streams and subjects under a prefix of this test's own, deleted afterwards."""
+    from nats_server import fresh_topology
+
+    with fresh_topology(connection) as topo:
+        yield topo
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A `LogicalCluster` (evaluation/benchmarks/pg_cluster.py): PostgreSQL with wal_level=logical for this module (its `stop()`/`start()` play outages)."""
+    from tests.helpers.pg_logical import logical_cluster
+
+    with logical_cluster() as cluster:
+        yield cluster

@@ -36,7 +36,7 @@ from shared.ingestion.pg_table import (
     table_columns,
 )
 from shared.ingestion.pgoutput import Commit, Relation, RowChange, Truncate, decode, lsn_text
-from shared.ingestion.pipeline import RunSummary
+from shared.ingestion.pipeline import RunSummary, fingerprint, summed_counts
 from shared.ingestion.records import item_hash
 from shared.ingestion.sources import SourceItem
 from shared.metadata.store import MetadataStore
@@ -63,11 +63,7 @@ class CatchUp:
 
     def counts(self) -> dict[str, int]:
         """The runs' counts added up (a long backlog is written in several windows)."""
-        total: dict[str, int] = {}
-        for run in self.runs:
-            for name, value in run.counts().items():
-                total[name] = total.get(name, 0) + value
-        return total
+        return summed_counts(self.runs)
 
 
 @dataclass
@@ -107,7 +103,6 @@ class TableFollower:
         self._connect = connect or _autocommit_connection
         self._conn: Any = None
         self._columns: dict[str, TableColumn] = {}
-        self._categories: dict[int, str] = {}
         self._id_index: int | None = None  # the id column's place in the relation's rows
         self.mode: str | None = None
 
@@ -383,17 +378,14 @@ class TableFollower:
     def _not_indexed(self, items: Iterable[SourceItem]) -> list[SourceItem]:
         """Rows of the overlap window that the index already holds as they are are left out."""
         indexed = self.store.documents_of_source(self.source)
-        out = []
-        for it in items:
-            doc = indexed.get(it.path)
-            if (
-                doc is None
-                or it.invalid
-                or doc.content_hash != item_hash(it)
-                or list(doc.groups) != list(it.groups or ())
-            ):
-                out.append(it)
-        return out
+        versions = {path: fingerprint(doc.content_hash, doc.groups) for path, doc in indexed.items()}
+        readers = self.spec.default_groups
+        return [
+            it
+            for it in items
+            if it.invalid
+            or versions.get(it.path) != fingerprint(item_hash(it), it.groups if it.groups is not None else readers)
+        ]
 
     # --- position ----------------------------------------------------------------------
     def _state(self) -> dict:

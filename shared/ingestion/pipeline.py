@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from shared.ingestion.changes import plan_changes
 from shared.ingestion.records import item_hash
 from shared.ingestion.sources import SourceItem, scan_source
-from shared.metadata.store import MetadataStore
+from shared.metadata.store import RUN_COUNTERS, MetadataStore
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +79,19 @@ class RunSummary:
     error: str | None = None
 
     def counts(self) -> dict[str, int]:
-        return {
-            "added": self.added,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "deleted": self.deleted,
-            "failed": self.failed,
-            "chunks": self.chunks,
-        }
+        return {name: getattr(self, name) for name in RUN_COUNTERS}
 
 
-def _fingerprint(content_hash: str, groups: Iterable[str]) -> str:
+def summed_counts(runs: Iterable[RunSummary], start: Mapping[str, int] | None = None) -> dict[str, int]:
+    """The runs' counts added up (to `start`): a catch-up or a stream writes in several runs."""
+    total = dict.fromkeys(RUN_COUNTERS, 0) | dict(start or {})
+    for run in runs:
+        for name, value in run.counts().items():
+            total[name] += value
+    return total
+
+
+def fingerprint(content_hash: str, groups: Iterable[str]) -> str:
     # Groups are part of a version: changing who may read a document re-indexes it.
     return content_hash + "|" + ",".join(sorted(set(groups)))
 
@@ -199,8 +201,8 @@ class IngestPipeline:
                 self._dead_letter(summary, it, f"cannot read file: {exc.strerror or exc}")
                 done += 1
         plan = plan_changes(
-            {p: _fingerprint(d.content_hash, d.groups) for p, d in indexed.items()},
-            {p: _fingerprint(h, readers[p]) for p, h in hashes.items()},
+            {p: fingerprint(d.content_hash, d.groups) for p, d in indexed.items()},
+            {p: fingerprint(h, readers[p]) for p, h in hashes.items()},
             complete=complete,
         )
         # Gone at the source, or a broken new version there: the old one must not linger.

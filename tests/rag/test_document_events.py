@@ -5,11 +5,10 @@ chunks; poison events and refused links on the dead-letter subject and in the me
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from nats_server import fresh_topology, nats_connection, read_dead_letters
+from nats_server import read_dead_letters
 
 from rag.events import DocumentEvents, document_consumer, publish_document_events, report
 from rag.service import RagService
@@ -19,17 +18,6 @@ from shared.objectstore import LocalObjectStore
 
 PAT = Principal(name="pat")  # public only
 HANA = Principal(name="hana", groups=["hr"])
-
-
-@pytest.fixture(scope="module")
-def connection() -> Connection:
-    return nats_connection()
-
-
-@pytest.fixture
-def topology(connection: Connection) -> Iterator[Topology]:
-    with fresh_topology(connection) as topo:
-        yield topo
 
 
 def _consumer(svc: RagService, connection: Connection, topology: Topology, **kw) -> JetStreamConsumer:

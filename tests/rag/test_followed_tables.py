@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -18,15 +18,8 @@ from shared.auth import Principal
 from shared.monitoring.alert_store import AlertStore
 from shared.monitoring.alerts import AlertManager
 from shared.server import create_app
-from tests.helpers.pg_logical import logical_cluster
 
 ADMIN = Principal(name="root", admin=True)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[LogicalCluster]:
-    with logical_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -19,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from evaluation.benchmarks.pg_cluster import LogicalCluster
+from rag.table_sources import table_sink
 from shared.auth import Principal
 from shared.ingestion.pg_cdc import TableFollower
 from shared.ingestion.pg_table import SchemaChanged, TableSourceError, TableSpec
-from tests.helpers.pg_logical import logical_cluster
 
 ADMIN = Principal(name="root", admin=True)
 STAFF = Principal(name="sam", groups=["staff"])
@@ -33,12 +32,6 @@ ROWS = [
     (2, "Parking", "Visitors park for free on level 2 of the garage.", None),
     (3, "Payroll", "Salaries are paid on the 25th of each month by bank transfer.", "{hr}"),
 ]
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[LogicalCluster]:
-    with logical_cluster() as cluster:
-        yield cluster
 
 
 @pytest.fixture
@@ -82,12 +75,7 @@ def _spec(dsn: str, **over) -> TableSpec:
 
 
 def _follower(service, spec: TableSpec, **kw) -> TableFollower:
-    source = spec.source()
-
-    def sink(items, removed, complete):
-        return service.ingest_records(source, items, removed=removed, complete=complete, kind="table")
-
-    return TableFollower(spec, service.metadata, sink, **kw).open()
+    return TableFollower(spec, service.metadata, table_sink(service, spec), **kw).open()
 
 
 def _answer(service, question: str, who: Principal = ADMIN) -> str:

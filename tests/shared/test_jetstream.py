@@ -10,10 +10,9 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import pytest
-from nats_server import fresh_topology, nats_connection, private_nats, read_dead_letters
+from nats_server import private_nats, read_dead_letters
 from pydantic import BaseModel, Field
 
 from shared.ingestion.jetstream import (
@@ -34,17 +33,6 @@ from shared.ingestion.jetstream import (
 class Note(BaseModel):
     id: str
     n: int = Field(ge=0)
-
-
-@pytest.fixture(scope="module")
-def connection() -> Connection:
-    return nats_connection()
-
-
-@pytest.fixture
-def topology(connection: Connection) -> Iterator[Topology]:
-    with fresh_topology(connection) as topo:
-        yield topo
 
 
 def _send(connection: Connection, topology: Topology, *bodies: bytes | dict, source: str = "notes") -> None:

@@ -7,35 +7,22 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
 import cv2
 import httpx
 import numpy as np
-import pytest
 from fake_central import DEVICE, FLEET, TOKEN, real_device_api
-from nats_server import fresh_topology, nats_connection, read_dead_letters
+from nats_server import read_dead_letters
 
 from shared.auth import Device, DeviceRegistry
 from shared.config import Settings
-from shared.ingestion.jetstream import FRAMES, Connection, JetStreamConsumer, Topology
+from shared.ingestion.jetstream import FRAMES, JetStreamConsumer
 from shared.metrics import ServiceMetrics
 from shared.objectstore import LocalObjectStore
 from vision import api as api_module
 from vision.frame_events import INCOMING, FrameEvents, frame_consumer, publish_frames, report
-
-
-@pytest.fixture(scope="module")
-def connection() -> Connection:
-    return nats_connection()
-
-
-@pytest.fixture
-def topology(connection: Connection) -> Iterator[Topology]:
-    with fresh_topology(connection) as topo:
-        yield topo
 
 
 def image(kind: str = "jpg", level: int = 128, w: int = 64, h: int = 48) -> bytes:
