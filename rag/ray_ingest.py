@@ -34,7 +34,7 @@ from rag.embeddings import make_embedder
 from rag.indexer import RagIndexer
 from rag.parsing import ParseSpec, parse_file
 from shared.ingestion import IngestPipeline, Prepared, Rejected, RunSummary, SourceItem, scan_source
-from shared.ingestion.pipeline import ProgressCallback, _fingerprint
+from shared.ingestion.pipeline import ProgressCallback, fingerprint
 from shared.ingestion.sources import sha256_file
 from shared.ingestion.worker import ParseWorker
 
@@ -288,7 +288,7 @@ def pending_items(
     """The items the pipeline will hand its indexer, in its order: new, then changed (by content
     or groups), minus those it rejects unread (empty, too large, unreadable)."""
     indexed = {
-        p: _fingerprint(d.content_hash, d.groups) for p, d in service.metadata.documents_of_source(source).items()
+        p: fingerprint(d.content_hash, d.groups) for p, d in service.metadata.documents_of_source(source).items()
     }
     new: list[SourceItem] = []
     changed: list[SourceItem] = []
@@ -296,7 +296,7 @@ def pending_items(
         if it.size_bytes == 0 or it.size_bytes > service.settings.max_file_bytes:
             continue
         try:
-            found = _fingerprint(sha256_file(it.abs_path), groups)
+            found = fingerprint(sha256_file(it.abs_path), groups)
         except OSError:
             continue
         old = indexed.get(it.path)
